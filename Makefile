@@ -1,0 +1,79 @@
+# Entry points for people and CI. Every install step the project needs lives here.
+#   make demo   generate a synthetic lower-body CT study and run the input pipeline on it
+#   make test   the whole test suite (what CI runs)
+#   make bench  timings of the input pipeline on a standard study
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOTSTRAP ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The stamp changes whenever a requirements or constraints file changes, so `make` reinstalls then.
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-label.txt requirements-dev.txt constraints.txt pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+
+# holoscan-cu13 loads libcudart.so.13; the nvidia-cuda-runtime wheel ships it (no CUDA toolkit needed).
+CUDART_DIR = $(abspath $(VENV))/lib/python3.11/site-packages/nvidia/cu13/lib
+export LD_LIBRARY_PATH := $(CUDART_DIR)$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
+# Holoscan wants a larger stack than the default 8 MB.
+RUN := ulimit -s 32768 2>/dev/null || true;
+
+DEMO_OUT ?= demo-output
+PRESET ?= standard
+SEED ?= 7
+# pip warns about every unreachable extra index some machines configure; keep the real errors.
+QUIET_PIP = 2>&1 | { grep -v '^WARNING: Location' || true; }; test $${PIPESTATUS[0]} -eq 0
+# Debian packages the tests use: dciodvfy (independent DICOM validator) and dcmtk.
+SYSTEM_PACKAGES := dicom3tools dcmtk
+
+.PHONY: help venv system-deps demo test test-fast bench lock clean
+
+help:
+	@echo "make demo   - generate a synthetic study and run loader + femur splitter on it ($(DEMO_OUT)/)"
+	@echo "make test   - run the test suite"
+	@echo "make bench  - time loading and splitting a standard study"
+
+venv: $(STAMP)
+
+$(STAMP):
+	@command -v $(PYTHON_BOOTSTRAP) >/dev/null || { echo "error: $(PYTHON_BOOTSTRAP) not found; install Python 3.11" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	# Two passes: the runtime set first, then the annotation server on top. Both under the same
+	# constraints, so pip never backtracks and never swaps torch or numpy.
+	$(PIP) install -q -r requirements.txt -c constraints.txt $(QUIET_PIP)
+	$(PIP) install -q -r requirements-label.txt -r requirements-dev.txt -c constraints.txt $(QUIET_PIP)
+	$(PIP) install -q --no-deps --no-build-isolation -e . $(QUIET_PIP)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# Installs the Debian packages above when one is missing (needs root, as on CI machines).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: venv
+	@$(RUN) $(PY) scripts/demo.py --out $(DEMO_OUT) --preset $(PRESET) --seed $(SEED)
+
+test: venv system-deps
+	@$(RUN) $(PY) -m pytest tests
+
+test-fast: venv system-deps
+	@$(RUN) $(PY) -m pytest tests -m "not slow"
+
+bench: venv
+	@$(RUN) $(PY) scripts/bench_input.py
+
+# Re-resolve the whole environment from scratch and rewrite constraints.txt.
+lock:
+	rm -rf .venv-lock && $(PYTHON_BOOTSTRAP) -m venv .venv-lock
+	.venv-lock/bin/pip install -q -r requirements.txt
+	.venv-lock/bin/pip install -q -r requirements-label.txt -r requirements-dev.txt numpy==1.26.4 torch==2.14.1
+	{ sed -n '1,3p' constraints.txt; .venv-lock/bin/pip freeze | grep -v '^-e'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,40 @@
+"""Exceptions raised for problems with the input.
+
+Every message is a single line that names the problem and, where there is one, the file or series
+concerned, so that a command-line entry point can print it as is and exit non-zero. Messages never
+contain patient identifiers.
+"""
+
+from __future__ import annotations
+
+
+class FemurSegError(Exception):
+    """Base class of the errors this package raises for problems a user can act on."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str) -> None:
+        # Keep messages on one line whatever the caller passed in.
+        super().__init__(" ".join(str(message).split()))
+
+
+class InputError(FemurSegError):
+    """The input folder or its files cannot be used (missing, unreadable, not DICOM)."""
+
+
+class NoSuitableSeriesError(InputError):
+    """The input holds DICOM, but no series passes the selection rules (e.g. not a CT)."""
+
+
+class SeriesGeometryError(InputError):
+    """The selected series cannot be stacked into a volume (tilt, mixed sizes, duplicates, ...)."""
+
+
+class PixelDataError(InputError):
+    """Pixel data of a file is missing, truncated or cannot be decoded."""
+
+
+class NoFemurInViewError(FemurSegError):
+    """The CT does not show a femur. This is an outcome to report, not a failure of the run."""
+
+    exit_code = 0
