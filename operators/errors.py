@@ -38,3 +38,23 @@ class NoFemurInViewError(FemurSegError):
     """The CT does not show a femur. This is an outcome to report, not a failure of the run."""
 
     exit_code = 0
+
+
+class GeometryMismatchError(InputError):
+    """Two label volumes of the same case are not on the same voxel grid (shape, spacing, direction, origin)."""
+
+
+class CaseMismatchError(InputError):
+    """Case ids do not match between a prediction folder and a reference folder (e.g. missing predictions)."""
+
+
+class ModelFolderError(FemurSegError):
+    """A trained lesion model folder or archive is missing, incomplete or cannot be loaded."""
+
+
+class TrainingDataError(FemurSegError):
+    """An nnU-Net training dataset or split file is missing, malformed or inconsistent."""
+
+
+class TrainingRunError(FemurSegError):
+    """A step of nnU-Net training (planning, preprocessing, a fold's training, export) failed."""
