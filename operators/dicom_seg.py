@@ -1,0 +1,267 @@
+"""DICOM Segmentation (SEG) of femurs and their lytic lesions, written and read back with highdicom.
+
+The SEG is BINARY (SOP class 1.2.840.10008.5.1.4.1.1.66.4), which OHIF and the OHIF bundled with MONAI
+Label both display. Segments overlap on purpose: a femur segment is the whole bone, lesions included,
+because fracture-risk analysis needs the bone as a whole; the lesion segments lie inside it.
+
+Masks are given on the CT's grid as a :class:`highdicom.Volume` geometry, so highdicom places every frame
+by its position in the frame of reference; nothing depends on the order in which the source slices were
+stored or on empty frames being kept (empty frames are omitted).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+logger = logging.getLogger(__name__)
+
+Side = str  # "left" | "right": the patient's side
+
+_LATERALITY: Mapping[Side, Code] = {"left": codes.SCT.Left, "right": codes.SCT.Right}
+# CIELab display colours (OHIF uses RecommendedDisplayCIELabValue): femurs blue/green, lesions red,
+# cysts amber, close to the overview PNG's colours.
+_RGB: Mapping[str, tuple[int, int, int]] = {
+    "femur-left": (31, 119, 180),
+    "femur-right": (44, 160, 44),
+    "lesion": (214, 39, 40),
+    "cyst": (255, 191, 0),
+}
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """Identification of the algorithm that produced the segments (written into every segment).
+
+    Parameters
+    ----------
+    name:
+        Name of the model or method, e.g. ``"femur-lytic-lesion-nnunet"``.
+    version:
+        Version of the model (its weights), not of this software.
+    source:
+        Who made it (optional).
+    parameters:
+        Free-text parameters worth recording (e.g. folds, configuration).
+    """
+
+    name: str
+    version: str
+    source: str | None = None
+    parameters: Mapping[str, str] | None = None
+
+    def to_sequence(self) -> hd.AlgorithmIdentificationSequence:
+        return hd.AlgorithmIdentificationSequence(
+            name=self.name,
+            family=codes.cid7162.ArtificialIntelligence,
+            version=self.version,
+            source=self.source,
+            parameters=dict(self.parameters) if self.parameters else None,
+        )
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """What one segment is, in words and codes.
+
+    The property type carries the laterality for femurs (a modifier on the type, as in "Femur, Left");
+    for lesions and cysts the femur is the anatomic region and the laterality modifies the region.
+    """
+
+    label: str
+    category: Code
+    property_type: Code
+    property_type_modifier: Code | None
+    anatomic_region: Code | None
+    anatomic_region_modifier: Code | None
+    rgb: tuple[int, int, int]
+
+    @staticmethod
+    def femur(side: Side) -> SegmentSpec:
+        return SegmentSpec(
+            label=f"{side.capitalize()} femur",
+            category=codes.SCT.AnatomicalStructure,
+            property_type=codes.SCT.Femur,
+            property_type_modifier=_LATERALITY[side],
+            anatomic_region=None,
+            anatomic_region_modifier=None,
+            rgb=_RGB[f"femur-{side}"],
+        )
+
+    @staticmethod
+    def lytic_lesion(side: Side) -> SegmentSpec:
+        # No verified SNOMED code means "lytic lesion": the type is Neoplasm, the label says lytic.
+        return SegmentSpec(
+            label=f"Lytic lesion, {side} femur",
+            category=codes.SCT.MorphologicallyAbnormalStructure,
+            property_type=codes.SCT.Neoplasm,
+            property_type_modifier=None,
+            anatomic_region=codes.SCT.Femur,
+            anatomic_region_modifier=_LATERALITY[side],
+            rgb=_RGB["lesion"],
+        )
+
+    @staticmethod
+    def cyst(side: Side) -> SegmentSpec:
+        return SegmentSpec(
+            label=f"Cyst, {side} femur",
+            category=codes.SCT.MorphologicallyAbnormalStructure,
+            property_type=codes.SCT.Cyst,
+            property_type_modifier=None,
+            anatomic_region=codes.SCT.Femur,
+            anatomic_region_modifier=_LATERALITY[side],
+            rgb=_RGB["cyst"],
+        )
+
+    def describe(self, number: int, algorithm: AlgorithmInfo) -> hd.seg.SegmentDescription:
+        """The highdicom segment description, segment number ``number`` (1-based)."""
+        desc = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=self.label,
+            segmented_property_category=self.category,
+            segmented_property_type=self.property_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm.to_sequence(),
+            anatomic_regions=[self.anatomic_region] if self.anatomic_region else None,
+            display_color=hd.color.CIELabColor.from_rgb(*self.rgb),
+        )
+        if self.property_type_modifier is not None:
+            desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept.from_code(self.property_type_modifier)
+            ]
+        if self.anatomic_region is not None and self.anatomic_region_modifier is not None:
+            desc.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
+                hd.sr.CodedConcept.from_code(self.anatomic_region_modifier)
+            ]
+        return desc
+
+
+@dataclass(frozen=True)
+class SegmentMask:
+    """A segment and its mask on the CT grid.
+
+    Parameters
+    ----------
+    spec:
+        What the segment is.
+    mask:
+        Boolean array (z, y, x) with the shape of the CT volume the SEG describes.
+    """
+
+    spec: SegmentSpec
+    mask: np.ndarray
+
+
+def build_segmentation(
+    *,
+    source_datasets: Sequence[Dataset],
+    ct: hd.Volume,
+    segments: Sequence[SegmentMask],
+    algorithm: AlgorithmInfo,
+    series_number: int = 901,
+    series_description: str = "Femurs and lytic lesions (AI)",
+    manufacturer: str = "femur-lesion-seg",
+    software_version: str = "0.1.0",
+    device_serial_number: str = "0",
+) -> hd.seg.Segmentation:
+    """Build a BINARY DICOM-SEG of the given segments over the CT series they were computed on.
+
+    Parameters
+    ----------
+    source_datasets:
+        Header datasets of the CT series' instances (pixel data not needed), referenced by the SEG; patient
+        and study identity are carried over from them. The SEG is a new series in the same study.
+    ct:
+        The CT volume the masks are on: its affine (index (z, y, x) -> LPS mm) places each frame.
+    segments:
+        Segments in the order they get numbers 1, 2, ...; masks boolean (z, y, x) of ``ct``'s shape.
+        At least one segment is required.
+    algorithm:
+        The model that produced the masks.
+
+    Returns
+    -------
+    highdicom.seg.Segmentation
+    """
+    if not segments:
+        raise ValueError("a segmentation needs at least one segment")
+    if not source_datasets:
+        raise ValueError("a segmentation needs the source CT datasets it refers to")
+    shape = ct.spatial_shape
+    stack = np.zeros(shape + (len(segments),), dtype=np.uint8)
+    for i, seg in enumerate(segments):
+        if seg.mask.shape != shape:
+            raise ValueError(
+                f"mask of segment {seg.spec.label!r} has shape {seg.mask.shape}, the CT has {shape}"
+            )
+        stack[..., i] = seg.mask
+    frame_of_reference = ct.frame_of_reference_uid or str(source_datasets[0].FrameOfReferenceUID)
+    volume = hd.Volume(
+        stack,
+        ct.affine,
+        coordinate_system="PATIENT",
+        frame_of_reference_uid=frame_of_reference,
+        channels={"SegmentNumber": list(range(1, len(segments) + 1))},
+    )
+    descriptions = [seg.spec.describe(i, algorithm) for i, seg in enumerate(segments, start=1)]
+    return hd.seg.Segmentation(
+        source_images=list(source_datasets),
+        pixel_array=volume,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=software_version,
+        device_serial_number=device_serial_number,
+        series_description=series_description,
+        omit_empty_frames=True,
+    )
+
+
+def read_segment_masks(seg: Dataset | Path, ct: hd.Volume) -> dict[str, np.ndarray]:
+    """Read a SEG back as boolean masks on the grid of ``ct``, keyed by segment label.
+
+    Frames are placed by their positions (highdicom's ``get_volume``) and then brought onto ``ct``'s grid
+    by permutation, flips and padding only (no resampling); a SEG whose frames do not lie on that grid
+    raises ``RuntimeError``.
+    """
+    if not isinstance(seg, hd.seg.Segmentation):
+        seg = hd.seg.segread(seg)
+    out: dict[str, np.ndarray] = {}
+    for desc in seg.SegmentSequence:
+        number = int(desc.SegmentNumber)
+        vol = seg.get_volume(segment_numbers=[number], combine_segments=False)
+        # get_volume covers only the frames present (empty ones were omitted): pad back onto the CT grid.
+        arr = vol.array[..., 0] if vol.array.ndim == 4 else vol.array
+        matched = hd.Volume(arr, vol.affine, "PATIENT").match_geometry(ct)
+        out[str(desc.SegmentLabel)] = matched.array.astype(bool)
+    return out
+
+
+def write_dataset(dataset: Dataset, path: Path) -> Path:
+    """Write a DICOM dataset to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        dataset.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
