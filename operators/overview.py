@@ -1,0 +1,199 @@
+"""Overview pictures of a CT with a label map laid over it.
+
+People who check a result would rather look than read: this renders one PNG with a coronal projection of
+the whole field of view and a few axial slices, with each label drawn in its own colour. Views follow the
+radiological convention: the patient's right is on the left of the picture, the head at the top, anterior
+at the top of axial slices. Orientation is taken from the volume's affine, never from array indices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Array axes of the display orientation: axis 0 towards the Feet (row 0 = head), axis 1 towards
+#: Posterior, axis 2 towards the patient's Left (column 0 = patient right).
+_DISPLAY_ORIENTATION = "FPL"
+
+
+@dataclass(frozen=True)
+class LabelStyle:
+    """How one label value is drawn.
+
+    Parameters
+    ----------
+    name:
+        Legend text.
+    color:
+        Any matplotlib colour.
+    priority:
+        Where labels overlap in a projection, the higher priority is drawn (lesions over femurs).
+    """
+
+    name: str
+    color: str
+    priority: int = 0
+
+
+#: Styles of the label values in docs/CONVENTIONS.md (ground truth and femur label maps).
+DEFAULT_LABEL_STYLES: Mapping[int, LabelStyle] = {
+    1: LabelStyle("left femur", "#1f77b4", 0),
+    2: LabelStyle("right femur", "#2ca02c", 0),
+    3: LabelStyle("lytic lesion", "#d62728", 2),
+    4: LabelStyle("cyst", "#ffbf00", 1),
+}
+
+
+def _projection_labels(labels: np.ndarray, styles: Mapping[int, LabelStyle], axis: int) -> np.ndarray:
+    """Project a label map along ``axis`` keeping, per ray, the label of highest priority."""
+    out = np.zeros(np.delete(labels.shape, axis), dtype=labels.dtype)
+    best = np.full(out.shape, -1, dtype=np.int16)
+    for value, style in styles.items():
+        hit = (labels == value).any(axis=axis)
+        take = hit & (style.priority > best)
+        out[take] = value
+        best[take] = style.priority
+    return out
+
+
+def _overlay(ax, image: np.ndarray, labels: np.ndarray, styles: Mapping[int, LabelStyle],
+             extent: tuple[float, float, float, float], window: tuple[float, float]) -> None:
+    from matplotlib.colors import to_rgba
+
+    ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], extent=extent, interpolation="nearest")
+    rgba = np.zeros(labels.shape + (4,), dtype=np.float32)
+    for value, style in styles.items():
+        rgba[labels == value] = to_rgba(style.color, alpha=0.45)
+    ax.imshow(rgba, extent=extent, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def display_orientation(ct: hd.Volume, labels: np.ndarray) -> tuple[hd.Volume, np.ndarray]:
+    """Bring a CT and its label map into display orientation (permutation and flips only).
+
+    Returns the CT volume and the label array with axes (z, y, x) running towards the patient's feet,
+    posterior and left: row 0 of a coronal or axial picture is the head or anterior side, column 0 the
+    patient's right (radiological convention).
+    """
+    if labels.shape != ct.spatial_shape:
+        raise ValueError(f"label map shape {labels.shape} does not match CT shape {ct.spatial_shape}")
+    ct_d = ct.to_patient_orientation(_DISPLAY_ORIENTATION)
+    lab_d = hd.Volume(labels, ct.affine, coordinate_system="PATIENT").to_patient_orientation(
+        _DISPLAY_ORIENTATION
+    ).array
+    return ct_d, lab_d
+
+
+def render_overview(
+    ct: hd.Volume,
+    labels: np.ndarray,
+    out_path: Path,
+    *,
+    styles: Mapping[int, LabelStyle] = DEFAULT_LABEL_STYLES,
+    title: str = "",
+    window: tuple[float, float] = (-250.0, 1250.0),
+) -> Path:
+    """Render a coronal projection and up to three axial slices with labels to a PNG.
+
+    Parameters
+    ----------
+    ct:
+        CT volume in HU, array (z, y, x), affine index -> LPS mm, any orientation.
+    labels:
+        Label map with the same shape as ``ct.array``, integer values keyed in ``styles``; 0 is not drawn.
+    out_path:
+        PNG to write. Written to a temporary file in the same folder first, then renamed.
+    styles:
+        Colour, legend text and overlap priority of each label value.
+    title:
+        Figure title. Must not contain patient identifiers.
+    window:
+        Display window (low, high) in HU.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    ct_d, lab_d = display_orientation(ct, labels)
+    image = ct_d.array
+    sz, sy, sx = ct_d.spacing  # mm along (feet, posterior, left)
+    nz, ny, nx = image.shape
+
+    # Coronal: maximum intensity projection along anterior-posterior shows all bones at once.
+    coronal = image.max(axis=1)
+    coronal_labels = _projection_labels(lab_d, styles, axis=1)
+
+    axial_slices: list[tuple[str, int]] = []
+    lesion_like = [v for v, s in styles.items() if s.priority > 0]
+    if lesion_like:
+        per_slice = np.isin(lab_d, lesion_like).sum(axis=(1, 2))
+        if per_slice.any():
+            axial_slices.append(("largest lesion", int(per_slice.argmax())))
+    labelled = np.flatnonzero((lab_d > 0).any(axis=(1, 2)))
+    if labelled.size:
+        top, bottom = int(labelled[0]), int(labelled[-1])
+        axial_slices.append(("proximal", top + (bottom - top) // 12))
+        axial_slices.append(("mid", (top + bottom) // 2))
+    else:
+        axial_slices.append(("mid", nz // 2))
+    axial_slices = axial_slices[:3]
+
+    # Size the figure so the coronal panel (physical aspect) fills its height: no empty bands.
+    panel_w = 3.2
+    coronal_aspect = (nz * sz) / max(nx * sx, 1e-6)
+    fig_h = min(max(1.3 * panel_w * coronal_aspect, panel_w), 12.0) + 0.9
+    fig_w = 1.3 * panel_w + panel_w * len(axial_slices) + 0.4
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=110)
+    widths = [1.3] + [1.0] * len(axial_slices)
+    grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.05)
+
+    ax = fig.add_subplot(grid[0, 0])
+    # extent = (left, right, bottom, top) in mm so the aspect is physical.
+    _overlay(ax, coronal, coronal_labels, styles, (0, nx * sx, nz * sz, 0), window)
+    ax.set_title("coronal MIP", fontsize=9)
+    ax.text(2, nz * sz * 0.02, "R", color="white", fontsize=9, va="top")
+    ax.text(nx * sx - 2, nz * sz * 0.02, "L", color="white", fontsize=9, va="top", ha="right")
+    for name, k in axial_slices:
+        ax.axhline(k * sz, color="white", lw=0.5, ls=":")
+    for i, (name, k) in enumerate(axial_slices, start=1):
+        axs = fig.add_subplot(grid[0, i])
+        _overlay(axs, image[k], lab_d[k], styles, (0, nx * sx, ny * sy, 0), window)
+        axs.set_title(f"axial, {name}", fontsize=9)
+
+    present = [v for v in styles if np.any(lab_d == v)]
+    handles = [Patch(color=styles[v].color, label=styles[v].name) for v in present]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".overview-", suffix=".png", dir=out_path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, bbox_inches="tight")
+        os.replace(tmp, out_path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("wrote overview %s", out_path.name)
+    return out_path

@@ -1,0 +1,52 @@
+"""Overview PNG: radiological orientation from the affine, labels drawn, atomic write."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pytest
+
+from operators.overview import display_orientation, render_overview
+
+
+def _volume(feet_first: bool) -> tuple[hd.Volume, np.ndarray]:
+    """A 20 x 16 x 24 CT whose label 1 sits at the patient's left (+x LPS) and high (+z)."""
+    shape = (20, 16, 24)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[0, 0, 1.0], [0, 1.0, 0], [2.0, 0, 0]])
+    if feet_first:
+        # Columns run towards the patient's right and slices towards the feet, as FFS scanners write.
+        affine[:3, :3] = np.array([[0, 0, -1.0], [0, 1.0, 0], [-2.0, 0, 0]])
+    ct = hd.Volume(np.full(shape, -1000.0, np.float32), affine, "PATIENT")
+    labels = np.zeros(shape, np.uint8)
+    index = np.indices(shape).reshape(3, -1).T
+    lps = np.c_[index, np.ones(len(index))] @ affine.T
+    centre = lps[:, :3].mean(axis=0)
+    at_left_and_high = (lps[:, 0] > centre[0] + 3) & (lps[:, 2] > centre[2] + 5)
+    labels.reshape(-1)[at_left_and_high] = 1
+    ct.array[labels > 0] = 400.0
+    return ct, labels
+
+
+@pytest.mark.parametrize("feet_first", [False, True])
+def test_display_puts_patient_left_on_picture_right_and_head_on_top(feet_first):
+    ct, labels = _volume(feet_first)
+    ct_d, lab_d = display_orientation(ct, labels)
+    coronal = lab_d.max(axis=1)  # rows: head -> feet, columns: patient right -> left
+    rows, cols = np.nonzero(coronal)
+    assert cols.min() > coronal.shape[1] // 2, "patient left must be on the right of the picture"
+    assert rows.max() < coronal.shape[0] // 2, "the head must be at the top"
+    assert ct_d.array[lab_d > 0].min() == 400.0, "CT and labels must be reoriented together"
+
+
+def test_render_overview_writes_png_and_leaves_no_temporary_files(tmp_path):
+    ct, labels = _volume(False)
+    out = render_overview(ct, labels, tmp_path / "overview.png", title="test")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["overview.png"]
+
+
+def test_render_overview_rejects_mismatched_labels(tmp_path):
+    ct, labels = _volume(False)
+    with pytest.raises(ValueError, match="does not match"):
+        render_overview(ct, labels[:-1], tmp_path / "x.png")
