@@ -1,0 +1,270 @@
+"""The nnU-Net lesion model: canonical orientation round trips, model folder checks, predictions in the crop's grid."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+
+from operators.errors import InputError, ModelFolderError
+from operators.lesion_model import CANONICAL_ORIENTATION, LesionModel, to_nnunet_input
+
+# Orientations a femur crop arrives in: head-first supine (canonical), feet-first supine, prone,
+# and layouts with permuted axes (sagittal or coronal stacking).
+ORIENTATIONS = ["HPL", "FPR", "HAR", "FAL", "PHL", "LFP", "RAH"]
+
+
+def _volume(orientation: str = "HPL", shape: tuple[int, int, int] = (9, 7, 5)) -> hd.Volume:
+    """A volume with distinct voxel values, built in HPL and re-laid out to ``orientation``."""
+    rng = np.random.default_rng(42)
+    array = rng.normal(300.0, 100.0, size=shape).astype(np.float32)
+    spacing = (2.5, 0.7, 0.9)
+    affine = np.array([
+        [0.0, 0.0, spacing[2], -30.0],
+        [0.0, spacing[1], 0.0, 12.5],
+        [spacing[0], 0.0, 0.0, -700.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ])
+    canonical = hd.Volume(array, affine, coordinate_system="PATIENT")
+    return canonical.to_patient_orientation(orientation)
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_to_nnunet_input_is_canonical_and_round_trips_exactly(orientation: str) -> None:
+    volume = _volume(orientation)
+    nnunet_input = to_nnunet_input(volume)
+
+    assert nnunet_input.array.dtype == np.float32
+    assert nnunet_input.array.shape == (1, 9, 7, 5)
+    # The same femur gives the same network input whatever the layout it came in.
+    assert np.array_equal(nnunet_input.array[0], _volume("HPL").array)
+    assert nnunet_input.spacing == pytest.approx((2.5, 0.7, 0.9))
+    assert "".join(v.value for v in hd.Volume(nnunet_input.array[0], nnunet_input.affine, "PATIENT")
+                   .get_closest_patient_orientation()) == CANONICAL_ORIENTATION
+    assert np.array_equal(nnunet_input.to_original(nnunet_input.array[0]), volume.array)
+    assert np.array_equal(nnunet_input.to_canonical(volume.array), nnunet_input.array[0])
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_canonical_voxels_keep_their_patient_position(orientation: str) -> None:
+    volume = _volume(orientation)
+    nnunet_input = to_nnunet_input(volume)
+    # Label one voxel in the canonical grid; after mapping back it must sit at the same LPS point.
+    marker = np.zeros(nnunet_input.canonical_shape, dtype=np.uint8)
+    marker[6, 2, 3] = 1
+    original_index = np.argwhere(nnunet_input.to_original(marker))[0]
+    position_canonical = nnunet_input.affine @ np.array([6, 2, 3, 1.0])
+    position_original = volume.affine @ np.append(original_index, 1.0)
+    assert np.allclose(position_canonical, position_original)
+
+
+def test_to_original_keeps_leading_axes_and_checks_shape() -> None:
+    nnunet_input = to_nnunet_input(_volume("LFP"))
+    probabilities = np.stack([nnunet_input.array[0], -nnunet_input.array[0]])
+    back = nnunet_input.to_original(probabilities)
+    assert back.shape == (2, *nnunet_input.original_shape)
+    assert back.flags["C_CONTIGUOUS"]
+    assert np.array_equal(back[1], -_volume("LFP").array)
+    with pytest.raises(ValueError, match="canonical grid"):
+        nnunet_input.to_original(np.zeros((2, 3, 4)))
+
+
+def test_integer_ct_is_handed_over_as_float32() -> None:
+    volume = _volume("FPR")
+    nnunet_input = to_nnunet_input(volume.with_array(np.round(volume.array).astype(np.int16)))
+    assert nnunet_input.array.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: np.zeros((4, 4, 4)), "highdicom.Volume"),
+        (lambda: _volume().with_array(np.full((9, 7, 5), np.nan, dtype=np.float32)), "NaN"),
+        (lambda: hd.Volume(np.zeros((4, 4, 4, 2), np.float32), np.eye(4), "PATIENT",
+                           channels={"LUTLabel": ["a", "b"]}), "single-channel"),
+    ],
+)
+def test_invalid_crops_are_refused_with_one_line(make, message: str) -> None:
+    with pytest.raises(InputError, match=message) as raised:
+        to_nnunet_input(make())
+    assert "\n" not in str(raised.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model folders
+
+
+def _fake_model_folder(root: Path, folds: tuple[str, ...] = ("fold_0",)) -> Path:
+    folder = root / "model"
+    folder.mkdir()
+    (folder / "plans.json").write_text("{}")
+    (folder / "dataset.json").write_text("{}")
+    for fold in folds:
+        (folder / fold).mkdir()
+        (folder / fold / "checkpoint_final.pth").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("damage", "kwargs", "message"),
+    [
+        (lambda f: shutil.rmtree(f), {}, "lesion model not found"),
+        (lambda f: (f / "plans.json").unlink(), {}, "has no plans.json"),
+        (lambda f: (f / "dataset.json").unlink(), {}, "has no dataset.json"),
+        (lambda f: (f / "fold_0" / "checkpoint_final.pth").unlink(), {}, r"has no fold_\*/checkpoint_final.pth"),
+        (lambda f: None, {"folds": [0, 3]}, "has no fold_3/checkpoint_final.pth"),
+        (lambda f: None, {"checkpoint": "checkpoint_best.pth"}, r"has no fold_\*/checkpoint_best.pth"),
+    ],
+)
+def test_incomplete_model_folder_names_what_is_missing(tmp_path: Path, damage, kwargs, message: str) -> None:
+    folder = _fake_model_folder(tmp_path)
+    damage(folder)
+    with pytest.raises(ModelFolderError, match=message) as raised:
+        LesionModel.from_folder(folder, device="cpu", **kwargs)
+    assert "\n" not in str(raised.value)
+
+
+def test_archive_without_exactly_one_model_is_refused(tmp_path: Path) -> None:
+    not_a_zip = tmp_path / "model.pth"
+    not_a_zip.write_bytes(b"weights")
+    with pytest.raises(ModelFolderError, match="neither a folder nor a zip"):
+        LesionModel.from_folder(not_a_zip, device="cpu")
+
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("readme.txt", "nothing here")
+    with pytest.raises(ModelFolderError, match="holds no folder with plans.json"):
+        LesionModel.from_folder(empty, device="cpu")
+
+    two = tmp_path / "two.zip"
+    with zipfile.ZipFile(two, "w") as archive:
+        for config in ("3d_fullres", "3d_lowres"):
+            base = f"Dataset501_Femur/nnUNetTrainer__nnUNetPlans__{config}"
+            archive.writestr(f"{base}/plans.json", "{}")
+            archive.writestr(f"{base}/dataset.json", "{}")
+            archive.writestr(f"{base}/fold_0/checkpoint_final.pth", "")
+    with pytest.raises(ModelFolderError, match="several models"):
+        LesionModel.from_folder(two, device="cpu")
+
+
+def test_unreadable_checkpoint_is_a_model_error(tmp_path: Path) -> None:
+    folder = _fake_model_folder(tmp_path)
+    # What a clone gets when the weights were committed through Git LFS and not fetched.
+    (folder / "fold_0" / "checkpoint_final.pth").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 15000000\n"
+    )
+    with pytest.raises(ModelFolderError, match="cannot be loaded") as raised:
+        LesionModel.from_folder(folder, device="cpu")
+    assert "\n" not in str(raised.value)
+
+
+def test_invalid_settings_are_refused(tmp_path: Path) -> None:
+    folder = _fake_model_folder(tmp_path)
+    with pytest.raises(ValueError, match="device"):
+        LesionModel.from_folder(folder, device="gpu")
+    with pytest.raises(ValueError, match="tile_step_size"):
+        LesionModel.from_folder(folder, device="cpu", tile_step_size=0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictions with a real (untrained) nnU-Net model
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.toy_dataset import write_untrained_model
+
+    return write_untrained_model(tmp_path_factory.mktemp("untrained") / "model")
+
+
+def _crop_for(orientation: str) -> hd.Volume:
+    from training.toy_dataset import toy_femur_crop
+
+    volume, _ = toy_femur_crop(shape=(40, 30, 28), seed=7)
+    return volume.to_patient_orientation(orientation)
+
+
+@pytest.mark.parametrize("orientation", ["FPR", "LFP"])
+def test_prediction_comes_back_in_the_crops_own_grid(untrained_model: Path, orientation: str) -> None:
+    model = LesionModel.from_folder(untrained_model, device="auto", use_mirroring=False)
+    canonical = model.predict(_crop_for("HPL"), return_probabilities=True)
+    crop = _crop_for(orientation)
+    prediction = model.predict(crop, return_probabilities=True)
+
+    assert prediction.labels.shape == crop.spatial_shape
+    assert prediction.labels.dtype == np.uint8
+    assert prediction.probabilities.shape == (2, *crop.spatial_shape)
+    assert prediction.probabilities.dtype == np.float32
+    assert np.allclose(prediction.probabilities.sum(axis=0), 1.0, atol=1e-5)
+    # The network saw the same canonical array: outputs are the canonical ones, re-laid out.
+    mapping = to_nnunet_input(crop)
+    assert np.array_equal(mapping.to_canonical(prediction.labels), canonical.labels)
+    assert np.array_equal(mapping.to_canonical(prediction.probabilities), canonical.probabilities)
+
+
+def test_model_info_identifies_the_model(untrained_model: Path) -> None:
+    model = LesionModel.from_folder(untrained_model, device="cpu", folds=[0])
+    info = model.model_info
+    assert (info.name, info.version, info.configuration) == ("femur-lesion-untrained", "0.0.0", "3d_fullres")
+    assert info.folds == (0,)
+    assert info.label_names == {0: "background", 1: "lesion"}
+    assert model.device == "cpu"
+
+
+def test_model_without_model_json_falls_back_on_nnunet_names(untrained_model: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(untrained_model, tmp_path / "nnUNetTrainer__nnUNetPlans_femur_untrained__3d_fullres")
+    (copy / "model.json").unlink()
+    info = LesionModel.from_folder(copy, device="cpu").model_info
+    assert info.name == "Dataset999_Toy"
+    assert info.version == "unversioned"
+    assert info.configuration == "3d_fullres"
+    assert info.trainer == "nnUNetTrainer"
+
+
+def test_nnunet_export_zip_loads_like_the_folder(untrained_model: Path, tmp_path: Path) -> None:
+    # nnUNetv2_export_model_to_zip stores paths relative to nnUNet_results.
+    archive = tmp_path / "model.zip"
+    base = "Dataset999_Toy/nnUNetTrainer__nnUNetPlans_femur_untrained__3d_fullres"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in untrained_model.rglob("*"):
+            if path.is_file():
+                zipped.write(path, f"{base}/{path.relative_to(untrained_model)}")
+    crop = _crop_for("FPR")
+    from_zip = LesionModel.from_folder(archive, device="cpu", use_mirroring=False).predict(crop)
+    from_folder = LesionModel.from_folder(untrained_model, device="cpu", use_mirroring=False).predict(crop)
+    assert np.array_equal(from_zip.labels, from_folder.labels)
+
+
+def test_checkpoint_naming_an_unknown_trainer_is_a_model_error(untrained_model: Path, tmp_path: Path) -> None:
+    import torch
+
+    copy = shutil.copytree(untrained_model, tmp_path / "model")
+    checkpoint_file = copy / "fold_0" / "checkpoint_final.pth"
+    checkpoint = torch.load(checkpoint_file, weights_only=False)
+    checkpoint["trainer_name"] = "nnUNetTrainerThatDoesNotExist"
+    torch.save(checkpoint, checkpoint_file)
+    with pytest.raises(ModelFolderError, match="trainer class nnU-Net cannot find"):
+        LesionModel.from_folder(copy, device="cpu")
+
+
+def test_crop_without_femur_voxels_predicts_background(untrained_model: Path) -> None:
+    model = LesionModel.from_folder(untrained_model, device="cpu")
+    crop = _crop_for("FPR")
+    empty = crop.with_array(np.zeros(crop.spatial_shape, dtype=np.float32))
+    prediction = model.predict(empty, return_probabilities=True)
+    assert not prediction.labels.any()
+    assert np.array_equal(prediction.probabilities[0], np.ones(crop.spatial_shape, dtype=np.float32))
+
+
+def test_model_json_version_is_read(untrained_model: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(untrained_model, tmp_path / "model")
+    meta = json.loads((copy / "model.json").read_text())
+    meta.update(name="femur-lesion-small", version="1.2.3")
+    (copy / "model.json").write_text(json.dumps(meta))
+    info = LesionModel.from_folder(copy, device="cpu").model_info
+    assert (info.name, info.version) == ("femur-lesion-small", "1.2.3")

@@ -1,0 +1,94 @@
+"""Workspace variables for nnU-Net, and nnU-Net finding and configuring the project's trainer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.configurations import SCHEDULE_KEY
+from training.nnunet_workspace import NnUNetWorkspace
+
+
+def test_workspace_lays_out_nnunets_folders(tmp_path: Path) -> None:
+    workspace = NnUNetWorkspace(tmp_path / "ws")
+    for folder in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_trainers", "export"):
+        assert (tmp_path / "ws" / folder).is_dir()
+    variables = workspace.nnunet_variables()
+    assert variables["nnUNet_raw"] == str(workspace.raw)
+    assert variables["nnUNet_preprocessed"] == str(workspace.preprocessed)
+    assert variables["nnUNet_results"] == str(workspace.results)
+    assert variables["nnUNet_extTrainer"].split(os.pathsep)[0] == str(workspace.trainer_shims)
+    NnUNetWorkspace(tmp_path / "ws")  # reopening an existing workspace is fine
+
+
+def test_cpu_training_keeps_augmentation_in_process_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = NnUNetWorkspace(tmp_path)
+    monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
+    assert workspace.environment(training_device="cpu")["nnUNet_n_proc_DA"] == "0"
+    assert "nnUNet_n_proc_DA" not in workspace.environment(training_device="cuda")
+    monkeypatch.setenv("nnUNet_n_proc_DA", "3")
+    assert workspace.environment(training_device="cpu")["nnUNet_n_proc_DA"] == "3"
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which refuses 0.
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    with workspace.activate():
+        assert os.environ["nnUNet_n_proc_DA"] == "1"
+    assert os.environ["nnUNet_n_proc_DA"] == "0"
+
+
+def test_activate_sets_and_restores_the_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("nnUNet_raw", "/elsewhere")
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    workspace = NnUNetWorkspace(tmp_path)
+    with workspace.activate():
+        from nnunetv2.paths import nnUNet_raw, nnUNet_results
+
+        # nnU-Net reads its folders lazily: calls inside the block see the workspace.
+        assert str(nnUNet_raw) == str(workspace.raw)
+        assert str(nnUNet_results) == str(workspace.results)
+    assert os.environ["nnUNet_raw"] == "/elsewhere"
+    assert "nnUNet_results" not in os.environ
+
+
+def test_nnunet_finds_the_trainer_in_process_and_in_a_subprocess(tmp_path: Path) -> None:
+    workspace = NnUNetWorkspace(tmp_path)
+    with workspace.activate():
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+        from training.trainers import nnUNetTrainerFemur
+
+        assert recursive_find_trainer_class_by_name("nnUNetTrainerFemur") is nnUNetTrainerFemur
+
+    # What nnUNetv2_train does in a shell with the workspace's environment, from another folder.
+    probe = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f; "
+             "print(f('nnUNetTrainerFemur').__module__)")
+    result = subprocess.run([sys.executable, "-c", probe], env=workspace.environment(training_device="cpu"),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "training.trainers"
+
+
+def test_trainer_takes_its_schedule_from_the_plans(tmp_path: Path) -> None:
+    import torch
+
+    workspace = NnUNetWorkspace(tmp_path)
+    plans = {
+        "dataset_name": "Dataset999_Toy", "plans_name": "nnUNetPlans_femur_test", "label_manager": "LabelManager",
+        "configurations": {"3d_fullres": {
+            "data_identifier": "nnUNetPlans_femur_test_3d_fullres", "architecture": {},
+            SCHEDULE_KEY: {"num_epochs": 3, "num_iterations_per_epoch": 7, "num_val_iterations_per_epoch": 2},
+        }},
+        "continue_training": False,
+    }
+    with workspace.activate():
+        from training.trainers import nnUNetTrainerFemur
+
+        trainer = nnUNetTrainerFemur(plans, "3d_fullres", 0, {"labels": {"background": 0, "lesion": 1}},
+                                     torch.device("cpu"))
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (3, 7, 2)
+    assert trainer.save_every == 1
+    assert trainer.initial_lr == 1e-2  # everything else stays nnU-Net's
