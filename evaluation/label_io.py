@@ -10,8 +10,6 @@ millimetres, as everywhere in this code base.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from operators.errors import GeometryMismatchError, InputError
+from operators.volume_io import volume_from_sitk, write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -105,16 +104,8 @@ def read_label_volume(path: Path) -> hd.Volume:
     if image.GetDimension() != 3:
         raise InputError(f"label file {path} is {image.GetDimension()}-D; expected a 3-D label volume")
 
-    array = sitk.GetArrayFromImage(image)  # SimpleITK's array order is (z, y, x).
-    array = _as_label_array(array, path)
-
-    spacing_xyz = np.asarray(image.GetSpacing(), dtype=float)
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)  # columns: index axes x, y, z
-    affine = np.eye(4)
-    # Column k of the affine is the step in LPS mm along array axis k; array axis 0 is ITK's z.
-    affine[:3, :3] = direction[:, ::-1] * spacing_xyz[::-1]
-    affine[:3, 3] = image.GetOrigin()
-    return hd.Volume(array, affine, "PATIENT")
+    volume = volume_from_sitk(image)  # array (z, y, x), affine to LPS mm
+    return volume.with_array(_as_label_array(volume.array, path))
 
 
 def _as_label_array(array: np.ndarray, path: Path) -> np.ndarray:
@@ -152,22 +143,7 @@ def write_label_volume(path: Path, volume: hd.Volume) -> None:
     array = np.asarray(volume.array)
     if array.ndim != 3:
         raise ValueError(f"label volume must be 3-D (z, y, x), got shape {array.shape}")
-    image = sitk.GetImageFromArray(array)
-    spacing_zyx = np.asarray(volume.spacing, dtype=float)
-    image.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
-    image.SetDirection(tuple(float(v) for v in np.asarray(volume.direction)[:, ::-1].ravel()))
-    image.SetOrigin(tuple(float(v) for v in volume.position))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        # mkstemp creates the file readable by its owner only; label files are meant to be shared.
-        os.chmod(tmp, 0o644)
-        sitk.WriteImage(image, tmp, useCompression=suffix != ".nii")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_volume(path, volume)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,8 +18,6 @@ reader never sees half a table.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from evaluation import tables
 from evaluation.case_metrics import EvaluationSettings
 from evaluation.comparison import Comparison
 from evaluation.cross_validation import CrossValidationResult
+from operators.atomic_files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -147,21 +146,6 @@ def write_report(out_dir: Path, results: EvaluationResults, *, settings: Evaluat
         written.append(path)
         logger.debug("wrote %s", path)
     return written
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text to a temporary file next to `path`, then rename it onto `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file readable by its owner only; a report is meant to be shared.
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def paths_text(paths: Sequence[Path]) -> str:

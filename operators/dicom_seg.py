@@ -12,8 +12,6 @@ stored or on empty frames being kept (empty frames are omitted).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,8 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+
+from operators.atomic_files import atomic_output_path
 
 logger = logging.getLogger(__name__)
 
@@ -254,14 +254,6 @@ def read_segment_masks(seg: Dataset | Path, ct: hd.Volume) -> dict[str, np.ndarr
 
 def write_dataset(dataset: Dataset, path: Path) -> Path:
     """Write a DICOM dataset to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output_path(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)

@@ -17,13 +17,12 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
 
+from operators.atomic_files import write_text_atomic
 from operators.dicom_seg import AlgorithmInfo
 from operators.lesion_findings import UNKNOWN_LOCATION, FemurFindings, StudyFindings
 
@@ -191,15 +190,4 @@ def write_findings_report(
 
 
 def _write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(path, text)

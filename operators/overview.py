@@ -9,14 +9,14 @@ at the top of axial slices. Orientation is taken from the volume's affine, never
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+
+from operators.atomic_files import atomic_output_path
 
 logger = logging.getLogger(__name__)
 
@@ -185,15 +185,10 @@ def render_overview(
         fig.suptitle(title, fontsize=10)
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".overview-", suffix=".png", dir=out_path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, bbox_inches="tight")
-        os.replace(tmp, out_path)
+        with atomic_output_path(out_path) as tmp:
+            fig.savefig(tmp, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     logger.info("wrote overview %s", out_path.name)
     return out_path

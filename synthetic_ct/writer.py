@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pydicom.uid as puid
-import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.valuerep import DSfloat
+
+from operators.volume_io import write_volume
 
 from .config import transfer_syntax_uid
 from .identity import derived_uid
@@ -512,11 +513,8 @@ def _file_meta(sop_uid: str) -> FileMetaDataset:
 
 
 def _write_labels(phantom: SyntheticPhantom, path: Path) -> None:
-    """Label map as NIfTI. SimpleITK works in LPS and writes the LPS->RAS flip into the NIfTI
-    header itself, so the file's geometry is exactly the primary series'."""
-    img = phantom.labels.to_simpleitk()
-    img = sitk.Cast(img, sitk.sitkUInt8)
-    sitk.WriteImage(img, str(path), useCompression=True)
+    """Label map as NIfTI with exactly the primary series' geometry (see :mod:`operators.volume_io`)."""
+    write_volume(path, phantom.labels.with_array(phantom.labels.array.astype(np.uint8, copy=False)))
 
 
 def _parse_dt(date: str, time_: str):

@@ -13,6 +13,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from operators.volume_io import read_volume
 from synthetic_ct import generate_phantom, write_study
 from synthetic_ct.cli import main as cli_main
 from synthetic_ct.config import TRANSFER_SYNTAX_NAMES
@@ -24,7 +25,7 @@ def _read_series(files: list[Path]) -> list[pydicom.Dataset]:
 
 
 def _read_labels(path: Path) -> hd.Volume:
-    return hd.Volume.from_simpleitk(sitk.ReadImage(str(path)))
+    return read_volume(path)
 
 
 @pytest.fixture(scope="module", params=["HFS", "FFS"])

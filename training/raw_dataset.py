@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 
+from operators.atomic_files import write_text_atomic
 from operators.errors import TrainingDataError
 from operators.lesion_model import NnUNetInput, to_nnunet_input
+from operators.volume_io import write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -262,26 +262,9 @@ def _check_labels(labels: np.ndarray, nnunet_input: NnUNetInput, femur_only: hd.
 
 
 def _write_nifti(array_zyx: np.ndarray, nnunet_input: NnUNetInput, path: Path) -> None:
-    import SimpleITK as sitk
-
-    # SimpleITK's index order is (x, y, z) = the reverse of the numpy axes, so the ITK spacing and
-    # direction columns are the canonical ones reversed; nnU-Net's SimpleITKIO reverses them back.
-    # (highdicom's Volume.to_simpleitk maps numpy axis 0 to ITK's x instead, which nnU-Net would read
-    # transposed.)
-    affine = nnunet_input.affine
-    sz, sy, sx = nnunet_input.spacing
-    direction = np.stack([affine[:3, 2] / sx, affine[:3, 1] / sy, affine[:3, 0] / sz], axis=1)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx))
-    image.SetSpacing((sx, sy, sz))
-    image.SetOrigin(tuple(float(v) for v in affine[:3, 3]))
-    image.SetDirection(tuple(float(v) for v in direction.ravel()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name in the same folder's hidden sub-folder, then renamed: nnU-Net
-    # never sees a half-written case, nor a stray temporary file that looks like one.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".partial-") as tmp:
-        partial = Path(tmp) / path.name
-        sitk.WriteImage(image, str(partial), useCompression=True)
-        os.replace(partial, path)
+    # The array keeps its (z, y, x) order on disk, which is what nnU-Net's SimpleITK reader returns;
+    # the temporary name is hidden (leading dot), so nnU-Net never takes a half-written file for a case.
+    write_volume(path, hd.Volume(array_zyx, nnunet_input.affine, "PATIENT"))
 
 
 def _check_splits(
@@ -309,7 +292,4 @@ def _check_splits(
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                     encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+    write_text_atomic(path, text)
