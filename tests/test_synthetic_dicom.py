@@ -11,7 +11,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
 
 from operators.volume_io import read_volume
 from synthetic_ct import generate_phantom, write_study
