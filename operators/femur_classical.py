@@ -1,0 +1,845 @@
+"""Femur segmentation by classical image processing: no model weights.
+
+Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`):
+
+1. **Coarse pass over the whole CT** (block means to ~2 mm voxels):
+   bone = HU above a bone threshold inside the body, holes of every axial slice filled (marrow,
+   cancellous bone, lytic lesions enclosed by cortex).
+2. **Markers.** Femur: the femoral shafts, found as the one large round solitary bone cross-section
+   per thigh over a run of slices (:mod:`operators.femur_shafts`). Other bone (pelvis, tibia, fibula,
+   patella, spine): bone pieces that stay separate from the femur markers after a one-voxel erosion,
+   bone farther from the femur along the bone (geodesic distance) than any femur reaches, and bone on
+   the body midline between the two femurs (sacrum, pubic symphysis).
+3. **Watershed on the CT intensity.** Each bone voxel goes to the marker it is joined to by the path
+   whose lowest intensity is highest, so femur and pelvis (or tibia) part where the joint between
+   them is darkest: in the cartilage gap. A dark-valley term (positive Laplacian of the smoothed CT)
+   raises the cost of crossing thin gaps that partial volume has partly bridged.
+4. **Fine pass per femur at full resolution** inside the femur's box: the bone edge is placed at half
+   the height of the local cortical peak above soft tissue (where a blurred edge really is, so the
+   mask neither grows nor shrinks with cortical density), the coarse labels (eroded, so that they are
+   safely inside each bone) seed a second watershed that puts the joint boundary in the gap at full
+   resolution, and the result is closed and filled slice by slice and in 3D so that marrow, cancellous
+   bone, cysts and lytic lesions, also where they break the cortex, belong to the femur.
+
+Metal (implants) is bone-bright: it belongs to the femur it sits in; its streaks are thin and are
+removed by a small opening near metal before the fine watershed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import highdicom as hd
+import numpy as np
+from scipy import ndimage as ndi
+
+from operators.femur_breach import repair_cortical_breaches
+from operators.femur_geometry import Box, CanonicalView, box_from_mask, enlarge_box
+from operators.femur_hip import HeadSphere, fit_head_sphere, head_candidates, sphere_markers
+from operators.femur_shafts import ShaftCriteria, ShaftTrack, choose_femur_tracks, find_shaft_tracks
+
+logger = logging.getLogger(__name__)
+
+#: Label values of the segmenter's output (docs/CONVENTIONS.md): patient sides.
+LEFT_LABEL = 1
+RIGHT_LABEL = 2
+#: Internal label of bone that is not a femur.
+_OTHER = 3
+
+_SIX = ndi.generate_binary_structure(3, 1)
+
+
+@dataclass(frozen=True)
+class ClassicalSegmenterConfig:
+    """Parameters of :class:`ClassicalFemurSegmenter` (HU, mm, ml).
+
+    Parameters
+    ----------
+    coarse_spacing_mm:
+        Target voxel size of the coarse pass (integer block means of the input voxels).
+    bone_threshold_hu:
+        Lowest intensity counted as bone anywhere (osteoporotic cortex and cancellous bone are still
+        above it; muscle, cartilage, fluid and lytic lesions are below it).
+    body_threshold_hu:
+        Intensity separating the body from air (to ignore the table and things outside the body).
+    soft_tissue_hu:
+        Level of the soft tissue around bone; the fine bone edge is placed half-way between it and the
+        local cortical peak.
+    edge_peak_cap_hu:
+        Local peaks above this (dense cortex, metal) are treated as this when placing the edge, so that
+        metal does not push the edge of nearby bone inwards.
+    edge_window_mm:
+        Width of the window in which the local cortical peak is searched.
+    min_cortex_peak_hu:
+        Voxels with no density of at least this within the window are not bone (contrast-filled
+        vessels touching the femur); even osteoporotic cortex reaches it.
+    smoothing_mm:
+        Gaussian sigma applied to the full-resolution CT before thresholding (noise).
+    valley_sigma_mm, valley_weight:
+        Scale and weight of the dark-valley term of the watershed landscape.
+    landscape_cap_hu:
+        Intensities above this are all "bone" to the watershed (see ``_landscape_base``).
+    marker_erosion_mm:
+        Coarse labels are eroded by about this much before they seed the fine watershed, which then
+        decides the boundary within that distance of the coarse one at full resolution.
+    joint_zone_mm:
+        Within this distance of where the coarse femur label touches another bone (hip, knee), the
+        fine watershed gets no seeds and decides alone (at full resolution, where joint gaps show).
+    far_geodesic_mm:
+        Bone farther than this along the bone from a femoral shaft run cannot be femur (the femoral
+        head is ~10-14 cm from the end of the shaft run); it seeds the "other bone" label.
+    midline_band_mm:
+        Half-width of the band around the body midline whose bone seeds "other bone".
+    closing_radius_mm:
+        Radius of the in-plane closing that seals small cortical breaks before holes are filled.
+    metal_threshold_hu:
+        Intensity above which a voxel is taken for metal.
+    min_femur_volume_ml:
+        Femur candidates smaller than this are dropped.
+    shaft:
+        Shape rules of a femoral-shaft cross-section.
+    """
+
+    coarse_spacing_mm: float = 2.0
+    bone_threshold_hu: float = 180.0
+    body_threshold_hu: float = -400.0
+    soft_tissue_hu: float = 40.0
+    edge_peak_cap_hu: float = 2500.0
+    edge_window_mm: float = 5.0
+    min_cortex_peak_hu: float = 500.0
+    smoothing_mm: float = 0.5
+    valley_sigma_mm: float = 1.0
+    valley_weight: float = 1.0
+    landscape_cap_hu: float = 450.0
+    marker_erosion_mm: float = 3.0
+    joint_zone_mm: float = 12.0
+    far_geodesic_mm: float = 180.0
+    midline_band_mm: float = 15.0
+    closing_radius_mm: float = 3.0
+    metal_threshold_hu: float = 2800.0
+    min_femur_volume_ml: float = 15.0
+    shaft: ShaftCriteria = field(default_factory=ShaftCriteria)
+
+    def __post_init__(self) -> None:
+        positive = (
+            "coarse_spacing_mm", "edge_window_mm", "valley_sigma_mm", "marker_erosion_mm",
+            "far_geodesic_mm", "min_femur_volume_ml",
+        )
+        for name in positive:
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("smoothing_mm", "valley_weight", "closing_radius_mm", "midline_band_mm"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)!r}")
+        if not self.body_threshold_hu < self.soft_tissue_hu < self.bone_threshold_hu:
+            raise ValueError("thresholds must satisfy body_threshold_hu < soft_tissue_hu < bone_threshold_hu")
+        if not self.bone_threshold_hu < self.edge_peak_cap_hu < self.metal_threshold_hu:
+            raise ValueError("thresholds must satisfy bone_threshold_hu < edge_peak_cap_hu < metal_threshold_hu")
+
+
+@dataclass
+class ClassicalResult:
+    """What the classical segmenter found, in the input grid.
+
+    Attributes
+    ----------
+    labels:
+        uint8 (z, y, x) input grid: 0 background, 1 left femur, 2 right femur (patient sides).
+    side_evidence:
+        Per found side, how the side was decided (for the log and the report).
+    notes:
+        Observations worth reporting (e.g. a shaft run without a femur around it).
+    """
+
+    labels: np.ndarray
+    side_evidence: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class ClassicalFemurSegmenter:
+    """Femur segmenter without model weights (thresholds, shaft markers, watershed).
+
+    Implements the :class:`operators.femur_splitter.FemurSegmenter` protocol: :meth:`segment` returns
+    uint8 labels on the CT's grid with 0 background, 1 left femur, 2 right femur (patient sides from
+    the affine).
+
+    Parameters
+    ----------
+    config:
+        Method parameters; defaults suit adult CT of 0.5-3 mm voxels.
+    """
+
+    sided = True
+
+    def __init__(self, *, config: ClassicalSegmenterConfig | None = None) -> None:
+        self.config = config or ClassicalSegmenterConfig()
+        self.last_result: ClassicalResult | None = None
+
+    def segment(self, ct: hd.Volume) -> np.ndarray:
+        """Segment the femurs of a CT.
+
+        Parameters
+        ----------
+        ct:
+            CT in HU, array (z, y, x), affine index -> LPS mm, any orientation.
+
+        Returns
+        -------
+        numpy.ndarray
+            uint8 (z, y, x) on the CT's grid: 0 background, 1 left femur, 2 right femur.
+        """
+        result = self.run(ct)
+        return result.labels
+
+    def run(self, ct: hd.Volume) -> ClassicalResult:
+        """Like :meth:`segment`, also returning how sides were decided and notes."""
+        start = time.perf_counter()
+        view = CanonicalView.from_affine(ct.affine, ct.spatial_shape)
+        image = view.to_canonical(ct.array)
+        out = np.zeros(ct.spatial_shape, dtype=np.uint8)
+        result = ClassicalResult(labels=out)
+        canonical_out = view.to_canonical(out)  # writes through to ``out``
+        found = _segment_canonical(image, view, self.config, result)
+        for side, (box, mask) in found.items():
+            value = LEFT_LABEL if side == "left" else RIGHT_LABEL
+            region = canonical_out[box]
+            region[mask] = value
+        self.last_result = result
+        logger.info(
+            "classical femur segmentation: %s in %.1f s",
+            ", ".join(f"{s} ({result.side_evidence.get(s, '?')})" for s in sorted(found)) or "no femur",
+            time.perf_counter() - start,
+        )
+        return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Coarse pass
+# ------------------------------------------------------------------------------------------------
+
+
+def _block_factors(spacing: tuple[float, ...], shape: tuple[int, ...], target_mm: float) -> tuple[int, int, int]:
+    return tuple(
+        int(max(1, min(n, round(target_mm / s)))) for s, n in zip(spacing, shape)
+    )  # type: ignore[return-value]
+
+
+def block_mean(image: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Mean over non-overlapping blocks of ``factors`` voxels (trailing partial blocks dropped).
+
+    Works in chunks of slices so that a strided view of a large CT is never copied whole.
+    """
+    fz, fy, fx = factors
+    nz, ny, nx = (s // f for s, f in zip(image.shape, factors))
+    out = np.empty((nz, ny, nx), dtype=np.float32)
+    step = max(1, 32 // fz)
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        block = np.asarray(image[z0 * fz:z1 * fz, :ny * fy, :nx * fx], dtype=np.float32)
+        out[z0:z1] = block.reshape(z1 - z0, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5), dtype=np.float32)
+    return out
+
+
+#: In-plane 4-connectivity: background connected only within an axial slice, so that a fill with it
+#: fills the holes of every slice independently in one call.
+_IN_PLANE_4 = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE_4[1] = ndi.generate_binary_structure(2, 1)
+
+
+def _fill_slices(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of every axial slice (canonical axis 0) of a 3D mask."""
+    return ndi.binary_fill_holes(mask, structure=_IN_PLANE_4)
+
+
+def _body_mask(coarse: np.ndarray, threshold: float) -> np.ndarray:
+    """Body (not air, not the table) as the large 3D components above ``threshold``, slices filled.
+
+    The table is a separate, much smaller component under the patient; two legs seen without the
+    pelvis are two components of similar size.
+    """
+    inside = coarse > threshold
+    labels, n = ndi.label(inside)
+    if n == 0:
+        return inside
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = sizes >= 0.3 * sizes.max()
+    return _fill_slices(keep[labels])
+
+
+def _midline(body: np.ndarray, spacing_l: float) -> float | None:
+    """Body midline along the canonical left axis (mm from index 0), from the widest untruncated slice.
+
+    Returns None when every slice's body touches the left or right edge of the field of view (then the
+    midline cannot be seen).
+    """
+    cols = body.any(axis=1)  # (S, L)
+    best: tuple[int, float] | None = None
+    n = cols.shape[1]
+    for k in range(cols.shape[0]):
+        hit = np.flatnonzero(cols[k])
+        if hit.size == 0 or hit[0] == 0 or hit[-1] == n - 1:
+            continue
+        width = int(hit[-1] - hit[0])
+        if best is None or width > best[0]:
+            best = (width, 0.5 * (hit[0] + hit[-1]) * spacing_l)
+    return None if best is None else best[1]
+
+
+def _geodesic_far(
+    mask: np.ndarray, seeds: np.ndarray, spacing: tuple[float, float, float], far_mm: float
+) -> np.ndarray:
+    """Voxels of ``mask`` farther than ``far_mm`` from ``seeds`` along paths inside ``mask``.
+
+    Voxels not joined to any seed are not returned (they are not "far", they are elsewhere).
+    """
+    from skimage.graph import MCP_Geometric
+
+    box = box_from_mask(mask)
+    if box is None or not seeds[box].any():
+        return np.zeros_like(mask)
+    sub = mask[box]
+    costs = np.where(sub, 1.0, -1.0)  # negative cost = barrier
+    mcp = MCP_Geometric(costs, sampling=spacing, fully_connected=True)
+    starts = np.argwhere(seeds[box] & sub)
+    dist, _ = mcp.find_costs(starts)
+    far = sub & np.isfinite(dist) & (dist > far_mm)
+    out = np.zeros_like(mask)
+    out[box] = far
+    return out
+
+
+def _laplacian_valley(image: np.ndarray, spacing: tuple[float, ...], sigma_mm: float) -> np.ndarray:
+    """sigma^2 * max(Laplacian of Gaussian, 0) in HU: large in thin dark gaps between bright bone."""
+    sigma = tuple(sigma_mm / s for s in spacing)
+    lap = np.zeros(image.shape, dtype=np.float32)
+    for axis in range(3):
+        order = [0, 0, 0]
+        order[axis] = 2
+        lap += ndi.gaussian_filter(image, sigma, order=order, output=np.float32) / np.float32(spacing[axis] ** 2)
+    np.maximum(lap, 0, out=lap)
+    lap *= np.float32(sigma_mm**2)
+    return lap
+
+
+def _landscape_base(image: np.ndarray, cfg: ClassicalSegmenterConfig) -> np.ndarray:
+    """Watershed relief from intensity: dark is high, and all bone above the cap is one flat floor.
+
+    Without the cap a bright cortical shell would be a deep channel: the first label to reach it
+    anywhere (say the pelvis, across one partial-volume bridge of the hip joint) would flood the
+    whole shell of the femoral head before the femur's own label got there through cancellous bone.
+    On the flat floor labels advance at equal pace, so bones part at the dark joint gaps and,
+    where a gap is bridged, half-way between the seeds.
+    """
+    return -np.minimum(image, np.float32(cfg.landscape_cap_hu))
+
+
+def _watershed(landscape: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from skimage.segmentation import watershed
+
+    return watershed(landscape, markers=markers, mask=mask, connectivity=1)
+
+
+def _side_of(centre_lps_x: float, midline_lps_x: float) -> str:
+    # LPS: +x is the patient's left.
+    return "left" if centre_lps_x > midline_lps_x else "right"
+
+
+@dataclass
+class _Coarse:
+    factors: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    labels: np.ndarray  # int32 coarse canonical: 0 bg, femur ids 1..n, _OTHER
+    heads: dict[int, HeadSphere]  # per femur id, in full-resolution canonical mm
+    anchors: np.ndarray  # int8 coarse canonical: femur id on the shaft-run cores, else 0
+    shafts: dict[int, tuple[int, int]]  # per femur id, full-resolution slices [first, last] of the run
+
+
+def _segment_canonical(
+    image: np.ndarray, view: CanonicalView, cfg: ClassicalSegmenterConfig, result: ClassicalResult
+) -> dict[str, tuple[Box, np.ndarray]]:
+    """Segment the femurs of a canonical (S, P, L) CT view.
+
+    Returns, per patient side, the canonical box and the bool femur mask inside it.
+    """
+    spacing = view.canonical_spacing
+    factors = _block_factors(spacing, image.shape, cfg.coarse_spacing_mm)
+    coarse_shape = tuple(s // f for s, f in zip(image.shape, factors))
+    if min(coarse_shape) < 3:
+        result.notes.append("the volume is too small to hold a femur")
+        return {}
+    cspacing = tuple(s * f for s, f in zip(spacing, factors))
+    t0 = time.perf_counter()
+    coarse = block_mean(image, factors)
+    body = _body_mask(coarse, cfg.body_threshold_hu)
+    bone = _fill_slices((coarse > cfg.bone_threshold_hu) & body)
+    midline_mm = _midline(body, cspacing[2])
+    _, tracks = find_shaft_tracks(bone, coarse, cspacing, criteria=cfg.shaft, midline_mm=midline_mm)
+    tracks = choose_femur_tracks(tracks, cspacing[0])
+    logger.debug(
+        "coarse pass: factors %s, %d shaft run(s) in %.1f s", factors, len(tracks), time.perf_counter() - t0
+    )
+    if not tracks:
+        result.notes.append("no femoral shaft found (no long, round, solitary bone cross-section)")
+        return {}
+
+    midline_est = _midline_estimate(tracks, midline_mm, view, factors, cspacing)
+    coarse_res = _coarse_labels(image, coarse, bone, tracks, cspacing, factors, midline_est, cfg)
+    sides = _decide_sides(coarse_res, tracks, view, midline_mm, cspacing, result)
+    found: dict[str, tuple[Box, np.ndarray]] = {}
+    for side, fid in sides.items():
+        t1 = time.perf_counter()
+        refined = _refine(image, view, coarse_res, fid, cfg)
+        if refined is None:
+            result.notes.append(f"the {side} shaft run did not grow into a femur")
+            continue
+        box, mask = refined
+        volume_ml = float(mask.sum()) * float(np.prod(spacing)) / 1000.0
+        if volume_ml < cfg.min_femur_volume_ml:
+            result.notes.append(f"{side} femur candidate of {volume_ml:.1f} ml dropped (too small)")
+            continue
+        found[side] = (box, mask)
+        logger.debug("fine pass %s: %.1f ml in %.1f s", side, volume_ml, time.perf_counter() - t1)
+    return found
+
+
+def _midline_estimate(
+    tracks: list[ShaftTrack],
+    body_midline_mm: float | None,
+    view: CanonicalView,
+    factors: tuple[int, int, int],
+    cspacing: tuple[float, float, float],
+) -> float:
+    """Best guess of the body midline along the canonical left axis (coarse mm).
+
+    Between two femoral shafts; else the body's midline; else the scanner axis (LPS x = 0), near
+    which patients are centred.
+    """
+    if len(tracks) == 2:
+        return 0.5 * float(tracks[0].mean_centre_mm[1] + tracks[1].mean_centre_mm[1])
+    if body_midline_mm is not None:
+        return body_midline_mm
+    t = tracks[0]
+    z = t.slices[len(t.slices) // 2] * factors[0]
+    p = t.mean_centre_mm[0] / view.canonical_spacing[1]
+    a = view.canonical_affine[0]
+    if abs(a[2]) < 1e-6:
+        return float(t.mean_centre_mm[1])
+    l_index = -(a[3] + a[0] * z + a[1] * p) / a[2]
+    return float(l_index * view.canonical_spacing[2])
+
+
+def _coarse_labels(
+    image: np.ndarray,
+    coarse: np.ndarray,
+    bone: np.ndarray,
+    tracks: list[ShaftTrack],
+    cspacing: tuple[float, float, float],
+    factors: tuple[int, int, int],
+    midline_mm: float,
+    cfg: ClassicalSegmenterConfig,
+) -> _Coarse:
+    """Watershed of the coarse bone into femurs (1, 2, ...) and other bone (``_OTHER``)."""
+    from operators.femur_shafts import _IN_PLANE_8
+
+    markers = np.zeros(coarse.shape, dtype=np.int32)
+    plane_labels, _ = ndi.label(bone, structure=_IN_PLANE_8)
+    femur_seed = np.zeros(coarse.shape, dtype=bool)
+    for fid, track in enumerate(tracks, start=1):
+        for z, lab in zip(track.slices, track.labels):
+            piece = plane_labels[z] == lab
+            core = ndi.binary_erosion(piece)
+            markers[z][core if core.any() else piece] = fid
+        femur_seed |= markers == fid
+    anchors = markers.astype(np.int8)
+
+    # Other bone 1: at the knee, pieces that stay apart from every femur seed once partial-volume
+    # bridges are eroded away and that lie below the shafts (patella, tibia, fibula). Not above the
+    # shafts: there a lytic lesion can cut a trochanter or the neck off the shaft, and the pelvis is
+    # recognised by the rules below.
+    # (border_value=1: a tibia cut by the edge of the field of view must not erode away.)
+    eroded = ndi.binary_erosion(bone, structure=_SIX, border_value=1)
+    comp, n = ndi.label(eroded, structure=_SIX)
+    if n:
+        bottom = min(t.slices[0] for t in tracks)
+        has_seed = np.zeros(n + 1, dtype=bool)
+        has_seed[np.unique(comp[femur_seed & eroded])] = True
+        z_sum = np.zeros(n + 1)
+        count = np.zeros(n + 1)
+        for z in range(comp.shape[0]):
+            per_slice = np.bincount(comp[z].ravel(), minlength=n + 1)
+            count += per_slice
+            z_sum += z * per_slice
+        below = np.zeros(n + 1, dtype=bool)
+        below[1:] = z_sum[1:] < bottom * np.maximum(count[1:], 1.0)
+        other = (~has_seed & below)[comp]
+        markers[other & (markers == 0)] = _OTHER
+    # Other bone 2: too far along the bone from the shafts to be femur.
+    far = _geodesic_far(bone, femur_seed, cspacing, cfg.far_geodesic_mm)
+    markers[far & (markers == 0)] = _OTHER
+    # Other bone 3: the midline between two femurs (sacrum, coccyx, pubic symphysis).
+    l_mm = np.arange(coarse.shape[2]) * cspacing[2]
+    if len(tracks) == 2:
+        # Only above the shafts: at the knees the medial condyles of both femurs can come close to
+        # the midline.
+        top = max(t.slices[-1] for t in tracks)
+        band = np.abs(l_mm - midline_mm) < cfg.midline_band_mm
+        above = np.zeros(coarse.shape[0], dtype=bool)
+        above[top + 1:] = True
+        markers[bone & band[None, None, :] & above[:, None, None] & (markers == 0)] = _OTHER
+
+    # Femoral heads: seed the femur inside each head and the pelvis beyond its cup.
+    heads: dict[int, HeadSphere] = {}
+    # Coarse voxel k covers full voxels k*f .. k*f+f-1: its centre is (f-1)/2 full voxels further.
+    full_spacing = tuple(c / f for c, f in zip(cspacing, factors))
+    shift = np.array([(f - 1) / 2.0 * s for f, s in zip(factors, full_spacing)])
+    for fid, track in enumerate(tracks, start=1):
+        sphere = _find_head(coarse, image, track, cspacing, full_spacing, shift, midline_mm)
+        if sphere is None:
+            continue
+        heads[fid] = sphere
+        coarse_sphere = sphere.shifted(-shift)
+        _apply_sphere(markers, bone, coarse_sphere, fid, (0, 0, 0), cspacing, head_margin_mm=4.0, cup_margin_mm=2.0)
+
+    landscape = _landscape_base(coarse, cfg)
+    if cfg.valley_weight > 0:
+        landscape = landscape + np.float32(cfg.valley_weight) * _laplacian_valley(
+            coarse, cspacing, max(cfg.valley_sigma_mm, 0.5 * min(cspacing))
+        )
+    labels = _watershed(landscape, markers, bone).astype(np.int32)
+    shafts = {
+        fid: (t.slices[0] * factors[0], t.slices[-1] * factors[0] + factors[0] - 1)
+        for fid, t in enumerate(tracks, start=1)
+    }
+    return _Coarse(factors=factors, spacing=cspacing, labels=labels, heads=heads, anchors=anchors, shafts=shafts)
+
+
+def _find_head(
+    coarse: np.ndarray,
+    image: np.ndarray,
+    track: ShaftTrack,
+    cspacing: tuple[float, float, float],
+    full_spacing: tuple[float, float, float],
+    shift: np.ndarray,
+    midline_mm: float,
+) -> HeadSphere | None:
+    """The femoral head above a shaft run, fitted at full resolution (full canonical mm)."""
+    z_mm = np.asarray(track.slices, dtype=np.float64) * cspacing[0]
+    centres = np.asarray(track.centres_mm)
+    if z_mm.size >= 2 and np.ptp(z_mm) > 0:
+        slope_p = np.polyfit(z_mm, centres[:, 0], 1)[0]
+        slope_l = np.polyfit(z_mm, centres[:, 1], 1)[0]
+    else:
+        slope_p = slope_l = 0.0
+    up = np.array([1.0, slope_p, slope_l])
+    up /= np.linalg.norm(up)
+    top = np.array([z_mm[-1], centres[-1, 0], centres[-1, 1]])
+    medial = np.array([0.0, 0.0, 1.0 if midline_mm > top[2] else -1.0])
+    candidates = head_candidates(coarse, cspacing, shaft_top_mm=top, shaft_direction=up, medial=medial)
+
+    def neck_guess(centre: np.ndarray) -> np.ndarray:
+        # Anatomical guess of the neck axis: from the head towards the shaft, down and lateral at
+        # ~50 degrees from the shaft axis (neck-shaft angle ~130 degrees).
+        to_axis = top + ((centre - top) @ up) * up - centre
+        lateral = to_axis / max(np.linalg.norm(to_axis), 1e-6)
+        return -np.cos(np.deg2rad(50.0)) * up + np.sin(np.deg2rad(50.0)) * lateral
+
+    for centre in candidates:
+        sphere = fit_head_sphere(image, full_spacing, centre + shift, neck_guess(centre))
+        if sphere is not None:
+            return sphere
+    return None
+
+
+def _apply_sphere(
+    markers: np.ndarray,
+    bone: np.ndarray,
+    sphere: HeadSphere,
+    femur_value: int,
+    origin_index: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    *,
+    head_margin_mm: float,
+    cup_margin_mm: float,
+    other_value: int = _OTHER,
+) -> None:
+    """Seed the femur inside a head and the pelvis beyond its cup, within a box around the head."""
+    reach = sphere.cup_radius_mm + 11.0
+    lo = [max(0, int(np.floor((c - reach) / s)) - o) for c, s, o in zip(sphere.centre_mm, spacing, origin_index)]
+    hi = [min(n, int(np.ceil((c + reach) / s)) + 1 - o) for c, s, o, n in zip(sphere.centre_mm, spacing, origin_index, markers.shape)]
+    if any(b <= a for a, b in zip(lo, hi)):
+        return
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    femur, pelvis = sphere_markers(
+        tuple(b - a for a, b in zip(lo, hi)),
+        tuple(o + a for o, a in zip(origin_index, lo)),
+        spacing,
+        sphere,
+        head_margin_mm=head_margin_mm,
+        cup_margin_mm=cup_margin_mm,
+    )
+    sub = markers[box]
+    inside_cup = _ball_mask(sub.shape, tuple(o + a for o, a in zip(origin_index, lo)), spacing, sphere.centre_mm,
+                            sphere.cup_radius_mm + cup_margin_mm)
+    # Nothing but the femur inside the cup; nothing but pelvis in the shell beyond it.
+    sub[inside_cup & (sub == other_value)] = 0
+    sub[femur & bone[box]] = femur_value
+    sub[pelvis & bone[box] & (sub != femur_value)] = other_value
+
+
+def _ball_mask(shape, origin_index, spacing, centre_mm, radius_mm) -> np.ndarray:
+    axes = [((np.arange(n) + o) * s - c).astype(np.float32) for n, o, s, c in zip(shape, origin_index, spacing, centre_mm)]
+    dz, dy, dx = np.meshgrid(*axes, indexing="ij", sparse=True)
+    return dz * dz + dy * dy + dx * dx <= np.float32(radius_mm) ** 2
+
+
+def _decide_sides(
+    coarse: _Coarse,
+    tracks: list[ShaftTrack],
+    view: CanonicalView,
+    midline_mm: float | None,
+    cspacing: tuple[float, float, float],
+    result: ClassicalResult,
+) -> dict[str, int]:
+    """Patient side of each femur id, from LPS positions (never from array indices)."""
+    affine = view.canonical_affine
+    f = np.asarray(coarse.factors, dtype=np.float64)
+
+    def lps_x(z: float, p_mm: float, l_mm: float) -> float:
+        # Coarse position (slice index; mm = coarse index * coarse spacing) -> full canonical index
+        # (a coarse voxel k covers full voxels k*f .. k*f+f-1) -> LPS x.
+        idx = np.array([
+            z * f[0] + 0.5 * (f[0] - 1),
+            p_mm / cspacing[1] * f[1] + 0.5 * (f[1] - 1),
+            l_mm / cspacing[2] * f[2] + 0.5 * (f[2] - 1),
+            1.0,
+        ])
+        return float((affine @ idx)[0])
+
+    centres = []
+    for t in tracks:
+        mid = t.slices[len(t.slices) // 2]
+        c = t.centres_mm[len(t.slices) // 2]
+        centres.append(lps_x(mid, c[0], c[1]))
+    if len(tracks) == 2:
+        a, b = (1, 2) if centres[0] > centres[1] else (2, 1)
+        result.side_evidence = {"left": "two femurs", "right": "two femurs"}
+        return {"left": a, "right": b}
+
+    track = tracks[0]
+    side, evidence = _single_side(coarse, track, centres[0], view, midline_mm, cspacing, lps_x)
+    result.side_evidence[side] = evidence
+    result.notes.append(f"no {'right' if side == 'left' else 'left'} femur in view")
+    return {side: 1}
+
+
+def _single_side(coarse, track, centre_x, view, midline_mm, cspacing, lps_x) -> tuple[str, str]:
+    """Side of a lone femur: hip anatomy first, then the body midline, then the scanner axis."""
+    # Shaft axis along the canonical left axis as a function of the (coarse) slice.
+    sl = np.asarray(track.slices, dtype=np.float64)
+    cl = np.asarray([c[1] for c in track.centres_mm])
+    slope, icpt = np.polyfit(sl, cl, 1) if sl.size > 1 else (0.0, float(cl[0]))
+    head = coarse.heads.get(1)
+    if head is not None:
+        # The femoral head lies medial to the shaft: towards -x (patient right) for a left femur.
+        z = (head.centre_mm[0] - 0.5 * (coarse.factors[0] - 1) * cspacing[0] / coarse.factors[0]) / cspacing[0]
+        head_l_mm = head.centre_mm[2] - 0.5 * (coarse.factors[2] - 1) * cspacing[2] / coarse.factors[2]
+        offset_x = lps_x(z, 0.0, head_l_mm) - lps_x(z, 0.0, slope * z + icpt)
+        if abs(offset_x) >= 15.0:
+            return ("left" if offset_x < 0 else "right"), "femoral head medial to the shaft"
+    mask = coarse.labels == 1
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    top_z = int(zs[-1]) if zs.size else track.slices[-1]
+    # Without a fitted head: the top of the femur (mostly the head) still lies medial to the shaft
+    # when the proximal femur is in view.
+    if zs.size and (top_z - track.slices[-1]) * cspacing[0] >= 60.0:
+        first = max(0, top_z - int(round(25.0 / cspacing[0])))
+        zc, _, lc = np.nonzero(mask[first:top_z + 1])
+        z = float(zc.mean()) + first
+        cap_l_mm = float(lc.mean()) * cspacing[2]
+        offset_x = lps_x(z, 0.0, cap_l_mm) - lps_x(z, 0.0, slope * z + icpt)
+        if abs(offset_x) >= 15.0:
+            return ("left" if offset_x < 0 else "right"), "top of the femur medial to the shaft"
+    if midline_mm is not None:
+        mid_slice = track.slices[len(track.slices) // 2]
+        mid_x = lps_x(mid_slice, 0.0, midline_mm)
+        if abs(centre_x - mid_x) >= 30.0:
+            return _side_of(centre_x, mid_x), "position relative to the body midline"
+    return _side_of(centre_x, 0.0), "position relative to the scanner axis (x = 0)"
+
+
+# ------------------------------------------------------------------------------------------------
+# Fine pass
+# ------------------------------------------------------------------------------------------------
+
+
+def _upsample_index(n_fine: int, start: int, f: int, n_coarse: int) -> np.ndarray:
+    return np.minimum((np.arange(start, start + n_fine)) // f, n_coarse - 1)
+
+
+def _disk(radius_vox_y: float, radius_vox_x: float) -> np.ndarray:
+    ry, rx = max(1, int(np.floor(radius_vox_y))), max(1, int(np.floor(radius_vox_x)))
+    y, x = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    return (y / max(radius_vox_y, 1e-6)) ** 2 + (x / max(radius_vox_x, 1e-6)) ** 2 <= 1.0
+
+
+def _refine(
+    image: np.ndarray,
+    view: CanonicalView,
+    coarse: _Coarse,
+    fid: int,
+    cfg: ClassicalSegmenterConfig,
+) -> tuple[Box, np.ndarray] | None:
+    """Full-resolution femur mask inside the femur's box: (canonical box, bool mask)."""
+    spacing = view.canonical_spacing
+    f = coarse.factors
+    cshape = coarse.labels.shape
+    own = coarse.labels == fid
+    cbox = box_from_mask(own)
+    if cbox is None:
+        return None
+    margin_mm = cfg.marker_erosion_mm + 2.0 * cfg.coarse_spacing_mm + cfg.edge_window_mm
+    fine_box = tuple(slice(b.start * k, b.stop * k) for b, k in zip(cbox, f))
+    fine_box = enlarge_box(
+        fine_box, tuple(int(np.ceil(margin_mm / s)) for s in spacing), image.shape  # type: ignore[arg-type]
+    )
+    sub = np.asarray(image[fine_box], dtype=np.float32)
+    if cfg.smoothing_mm > 0:
+        sub_s = ndi.gaussian_filter(sub, tuple(cfg.smoothing_mm / s for s in spacing), output=np.float32)
+    else:
+        sub_s = sub
+
+    # Generous bone mask first (it may bridge thin joint gaps; the watershed separates the bones),
+    # the exact edge is placed once the femur's own voxels are known (_peel_to_half_maximum).
+    bone = sub_s > np.float32(cfg.bone_threshold_hu)
+
+    metal = sub_s > cfg.metal_threshold_hu
+    if metal.any():
+        # Streaks from metal are thin bright lines: an opening near the metal removes them while the
+        # implant itself and thick cortex survive.
+        near = ndi.binary_dilation(metal, iterations=max(1, int(round(40.0 / max(spacing)))))
+        opened = ndi.binary_opening(bone, structure=_SIX, iterations=1)
+        bone = np.where(near, opened | metal, bone)
+
+    # Seeds from the coarse labels, eroded so that they lie safely inside each bone.
+    zi = _upsample_index(sub.shape[0], fine_box[0].start, f[0], cshape[0])
+    yi = _upsample_index(sub.shape[1], fine_box[1].start, f[1], cshape[1])
+    xi = _upsample_index(sub.shape[2], fine_box[2].start, f[2], cshape[2])
+    cz = slice(int(zi[0]), int(zi[-1]) + 1)
+    cy = slice(int(yi[0]), int(yi[-1]) + 1)
+    cx = slice(int(xi[0]), int(xi[-1]) + 1)
+    clab = coarse.labels[cz, cy, cx]
+    steps = max(1, int(round(cfg.marker_erosion_mm / min(coarse.spacing))))
+    own_c = clab == fid
+    other_c = (clab != fid) & (clab > 0)
+    # Where the femur touches another bone (hip, knee) the coarse boundary may be off by up to a
+    # femoral head: leave a wide zone around the contact unseeded, so that the full-resolution
+    # watershed alone places the boundary there, in the joint gap.
+    contact = own_c & ndi.binary_dilation(other_c, structure=_SIX)
+    if contact.any():
+        zone = ndi.distance_transform_edt(~contact, sampling=coarse.spacing) <= cfg.joint_zone_mm
+    else:
+        zone = np.zeros_like(contact)
+    own_c = ndi.binary_erosion(own_c, structure=_SIX, iterations=steps, border_value=1) & ~zone
+    other_c = ndi.binary_erosion(other_c, structure=_SIX, iterations=steps, border_value=1) & ~zone
+    seeds_c = np.where(own_c, 1, np.where(other_c, 2, 0)).astype(np.int32)
+    seeds = seeds_c[np.ix_(zi - cz.start, yi - cy.start, xi - cx.start)]
+    head = coarse.heads.get(fid)
+    origin = tuple(b.start for b in fine_box)
+    if head is not None:
+        _apply_sphere(seeds, bone, head, 1, origin, spacing, head_margin_mm=2.0, cup_margin_mm=1.0, other_value=2)
+    seeds[~bone] = 0
+    if not (seeds == 1).any():
+        return None
+
+    landscape = _landscape_base(sub_s, cfg)
+    if cfg.valley_weight > 0:
+        landscape = landscape + np.float32(cfg.valley_weight) * _laplacian_valley(sub_s, spacing, cfg.valley_sigma_mm)
+    ws = _watershed(landscape, seeds, bone)
+    del landscape
+    femur = ws == 1
+    other = ws == 2
+    del ws
+    femur = _peel_to_half_maximum(femur, sub, spacing, cfg)
+    if head is not None:
+        # The head is a ball: a cyst or lesion that opens onto its surface still lies inside it.
+        ball = _ball_mask(femur.shape, origin, spacing, head.centre_mm, head.head_radius_mm)
+        femur |= ball & ~other
+
+    femur = _close_and_fill(femur, other, spacing, cfg.closing_radius_mm)
+    # Cross-sections where a lesion broke through the cortex: rebuild the outline along the shaft
+    # and the trochanteric region from the intact cross-sections above and below.
+    first, last = coarse.shafts[fid]
+    top = int(round((head.centre_mm[0] - 25.0) / spacing[0])) if head is not None else last + int(60.0 / spacing[0])
+    z_off = fine_box[0].start
+    femur = repair_cortical_breaches(
+        femur,
+        spacing=spacing,
+        z_range=(first - z_off, top - z_off),
+        convex_range=(first - z_off, last + 1 - z_off),
+        blocked=other,
+    )
+    femur = ndi.binary_fill_holes(femur)
+    # Keep the pieces that hold a shaft-run core or the head: what the edge threshold cut loose from
+    # them (an artery that touched the cortex, a bridge into a neighbouring bone) goes.
+    anchor = (coarse.anchors[cz, cy, cx] == fid)[np.ix_(zi - cz.start, yi - cy.start, xi - cx.start)]
+    if head is not None:
+        anchor |= _ball_mask(femur.shape, origin, spacing, head.centre_mm, head.head_radius_mm - 2.0)
+    comp, n = ndi.label(femur, structure=_SIX)
+    if n > 1:
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[np.unique(comp[anchor & femur])] = True
+        keep[0] = False
+        femur = keep[comp]
+    tight = box_from_mask(femur)
+    if tight is None:
+        return None
+    box = tuple(slice(fb.start + t.start, fb.start + t.stop) for fb, t in zip(fine_box, tight))
+    return box, femur[tight]  # type: ignore[return-value]
+
+
+def _peel_to_half_maximum(
+    femur: np.ndarray, image: np.ndarray, spacing: tuple[float, ...], cfg: ClassicalSegmenterConfig
+) -> np.ndarray:
+    """Move the femur's outer edge to half the height of its own cortical peak above soft tissue.
+
+    A blurred edge between bone of peak ``p`` and soft tissue ``s`` lies where the intensity is
+    ``(p + s) / 2``; a fixed bone threshold would put it too far out where the cortex is dense and
+    too far in where it is thin. The peak is taken over the femur's own voxels only, so that a
+    neighbouring bone across a thin joint gap (the acetabulum's cortex next to the femoral head) does
+    not raise it. Only the two outermost voxel layers are judged so; what lies deeper and is not near
+    cortex-level density at all (a contrast-filled artery that touched the bone) goes too.
+    """
+    own = np.where(femur, image, np.float32(-1024.0))
+    window = tuple(max(3, int(round(cfg.edge_window_mm / s)) | 1) for s in spacing)
+    peak = ndi.maximum_filter(own, size=window)
+    del own
+    np.minimum(peak, np.float32(cfg.edge_peak_cap_hu), out=peak)
+    threshold = np.float32(0.5) * (peak + np.float32(cfg.soft_tissue_hu))
+    # Nothing is bone that is not within reach of cortex-level density (contrast-filled vessels).
+    cortical = peak >= np.float32(cfg.min_cortex_peak_hu)
+    del peak
+    # Only the outer layers are judged against the half maximum: deeper inside, cancellous bone
+    # stays even where a lesion has opened the cortex and the hole filling cannot bring it back.
+    inner = ndi.binary_erosion(femur, structure=_SIX, iterations=2)
+    return femur & cortical & (inner | (image >= threshold))
+
+
+def _close_and_fill(femur: np.ndarray, other: np.ndarray, spacing: tuple[float, ...], radius_mm: float) -> np.ndarray:
+    """Seal small cortical breaks slice by slice, fill enclosed marrow / lesions, then fill in 3D.
+
+    Voxels the watershed gave to another bone are never added.
+    """
+    out = _fill_slices(femur)
+    if radius_mm > 0:
+        disk = _disk(radius_mm / spacing[1], radius_mm / spacing[2])
+        structure = np.zeros((1,) + disk.shape, dtype=bool)
+        structure[0] = disk
+        pad = ((0, 0), (disk.shape[0], disk.shape[0]), (disk.shape[1], disk.shape[1]))
+        # Pad in-plane so that the closing is not cut short at the edge of the box.
+        closed = ndi.binary_closing(np.pad(femur, pad), structure=structure)
+        closed = closed[:, pad[1][0]:-pad[1][1], pad[2][0]:-pad[2][1]]
+        out |= _fill_slices(closed) & ~other
+    return ndi.binary_fill_holes(out)

@@ -1,0 +1,439 @@
+"""Find the femoral head as a sphere, to separate it from the acetabulum across a thin joint gap.
+
+The hip is where a femur segmentation most often fails: the head sits in the acetabular cup with a
+1.5-4 mm cartilage gap, which partial volume bridges in places. Intensity alone then joins head and
+pelvis at the brightest bridge. The head, however, is very nearly a sphere, and so is the cup around
+it. Knowing that sphere, the splitter seeds the femur inside the head and the pelvis beyond the cup,
+and only a thin shell is left for the image to decide.
+
+Detection (coarse grid): each edge votes for the centres that would put it on a sphere of 14-36 mm
+radius, once along its intensity gradient and once against it. On the head's surface the gradient
+points inwards (from the dark gap into the bright cortex), on the cup's inner surface outwards, so a
+ball in a socket is the one place that collects both kinds of votes at one centre; bones that are only
+convex (trochanters, shaft) or only concave do not. The best such centre above the shaft whose radial
+profile shows a bright rim and a dark gap is the head. Refinement (full resolution): the median radial intensity profile from
+the centre, away from the neck, gives the head radius (steepest fall), the gap and the inner surface
+of the cup (steepest rise after the gap); the centre is nudged within +-2 mm to sharpen that fall.
+
+Positions here are in mm along the canonical (S, P, L) axes of the splitter, measured from the
+centre of the full-resolution voxel of index 0: ``position_mm = full_index * spacing``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+logger = logging.getLogger(__name__)
+
+
+#: Angular grid on which the cup's coverage of the head is recorded: polar angle from the canonical
+#: superior axis (0..180 degrees) by azimuth in the posterior-left plane (-180..180 degrees).
+_N_POLAR, _N_AZIMUTH = 36, 72
+
+
+@dataclass(frozen=True, eq=False)
+class HeadSphere:
+    """A femoral head and its acetabular cup (canonical mm, see the module docstring).
+
+    Attributes
+    ----------
+    centre_mm:
+        (3,) centre of the head.
+    head_radius_mm:
+        Radius of the head's outer (articular) surface.
+    cup_radius_mm:
+        Radius of the cup's inner surface.
+    neck_direction:
+        (3,) unit vector from the centre towards the femoral neck.
+    covered:
+        bool (36, 72) grid of directions (see ``direction_bins``) in which a ray from the centre
+        crosses the joint gap into the cup: there, bone beyond the cup's radius is pelvis.
+    """
+
+    centre_mm: np.ndarray
+    head_radius_mm: float
+    cup_radius_mm: float
+    neck_direction: np.ndarray
+    covered: np.ndarray
+
+    def shifted(self, offset_mm: np.ndarray) -> HeadSphere:
+        """The same head with its centre moved by ``offset_mm`` (to another grid's origin)."""
+        return HeadSphere(self.centre_mm + offset_mm, self.head_radius_mm, self.cup_radius_mm, self.neck_direction, self.covered)
+
+
+def direction_bins(dz: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(polar, azimuth) bin indices of the directions (dz, dy, dx) (need not be unit vectors)."""
+    r = np.sqrt(dz * dz + dy * dy + dx * dx)
+    polar = np.arccos(np.clip(dz / np.maximum(r, 1e-6), -1.0, 1.0))
+    azimuth = np.arctan2(dx, dy)
+    i = np.minimum((polar / np.pi * _N_POLAR).astype(np.int64), _N_POLAR - 1)
+    j = np.minimum(((azimuth + np.pi) / (2 * np.pi) * _N_AZIMUTH).astype(np.int64), _N_AZIMUTH - 1)
+    return i, j
+
+
+def _bin_directions() -> np.ndarray:
+    """(36, 72, 3) unit vectors at the centres of the direction bins."""
+    polar = (np.arange(_N_POLAR) + 0.5) / _N_POLAR * np.pi
+    azimuth = (np.arange(_N_AZIMUTH) + 0.5) / _N_AZIMUTH * 2 * np.pi - np.pi
+    p, a = np.meshgrid(polar, azimuth, indexing="ij")
+    return np.stack([np.cos(p), np.sin(p) * np.cos(a), np.sin(p) * np.sin(a)], axis=-1)
+
+
+def _fibonacci_directions(n: int) -> np.ndarray:
+    """``n`` nearly uniform unit vectors (n, 3)."""
+    k = np.arange(n) + 0.5
+    phi = np.arccos(1.0 - 2.0 * k / n)
+    theta = np.pi * (1.0 + 5.0**0.5) * k
+    return np.stack([np.cos(phi), np.sin(phi) * np.sin(theta), np.sin(phi) * np.cos(theta)], axis=1)
+
+
+_DIRECTIONS = _fibonacci_directions(240)
+
+
+def _radial_profile(
+    image: np.ndarray, spacing: tuple[float, ...], centre_mm: np.ndarray, directions: np.ndarray, radii: np.ndarray
+) -> np.ndarray:
+    """Median over ``directions`` of the image sampled at ``centre + r * d`` (linear interpolation)."""
+    pts = centre_mm[None, None, :] + radii[None, :, None] * directions[:, None, :]  # (nd, nr, 3)
+    idx = pts / np.asarray(spacing)[None, None, :]
+    vals = ndi.map_coordinates(image, idx.reshape(-1, 3).T, order=1, mode="nearest").reshape(idx.shape[:2])
+    return np.median(vals, axis=0)
+
+
+@dataclass(frozen=True)
+class _JointFit:
+    head_radius: float
+    cup_radius: float
+    depth: float  # HU below the lower shoulder
+    contrast: float  # HU: head rim over gap plus cup over gap, what the centre search maximises
+    rim: float  # HU just inside the head's surface
+    gap: float  # HU in the gap
+    cup: float  # HU just beyond the cup's surface
+
+
+def _fit_joint(
+    image: np.ndarray,
+    spacing: tuple[float, ...],
+    centre: np.ndarray,
+    neck: np.ndarray,
+    radii: np.ndarray,
+    radius_range_mm: tuple[float, float],
+) -> _JointFit | None:
+    """Head and cup radii and the gap's depth from the median radial profile opposite the neck.
+
+    Looking away from the neck, within 60 degrees of the cup's axis, the median profile runs: head
+    (cancellous, then cortex), the dark joint gap, the cup's cortex. The gap is the deepest valley
+    between two bright shoulders; the head's surface is the steepest fall before it and the cup's
+    surface the steepest rise after it.
+    """
+    cup_dirs = _DIRECTIONS[_DIRECTIONS @ (-neck) > np.cos(np.deg2rad(60.0))]
+    profile = _radial_profile(image, spacing, centre, cup_dirs, radii)
+    step = float(radii[1] - radii[0])
+    w = max(1, int(round(6.0 / step)))
+    n = profile.size
+    left = np.array([profile[max(0, i - w):i + 1].max() for i in range(n)])  # max over [r - 6, r]
+    right = np.array([profile[i:i + w + 1].max() for i in range(n)])  # max over [r, r + 6]
+    depth = np.minimum(left, right) - profile
+    sel = (radii >= radius_range_mm[0]) & (radii <= radius_range_mm[1] + 4.0)
+    if not sel.any():
+        return None
+    i_gap = np.flatnonzero(sel)[np.argmax(depth[sel])]
+    r_gap = float(radii[i_gap])
+    slope = np.gradient(profile, radii)
+    before = (radii >= r_gap - 5.0) & (radii <= r_gap)
+    after = (radii >= r_gap) & (radii <= r_gap + 5.0)
+    r_head = float(radii[before][np.argmin(slope[before])])
+    r_cup = max(float(radii[after][np.argmax(slope[after])]), r_head + 0.5)
+    return _JointFit(
+        head_radius=r_head,
+        cup_radius=r_cup,
+        depth=float(depth[i_gap]),
+        contrast=float(left[i_gap] + right[i_gap] - 2.0 * profile[i_gap]),
+        rim=float(left[i_gap]),
+        gap=float(profile[i_gap]),
+        cup=float(right[i_gap]),
+    )
+
+
+def head_candidates(
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    shaft_top_mm: np.ndarray,
+    shaft_direction: np.ndarray,
+    medial: np.ndarray,
+    radius_range_mm: tuple[float, float] = (14.0, 32.0),
+    min_gradient_hu_per_mm: float = 40.0,
+    max_candidates: int = 4,
+) -> list[np.ndarray]:
+    """Likely femoral-head centres above a femoral shaft, best first (coarse grid).
+
+    Parameters
+    ----------
+    image:
+        CT in HU on a (coarse) canonical (S, P, L) grid; positions are ``index * spacing``.
+    spacing:
+        Voxel size (mm) of ``image``.
+    shaft_top_mm:
+        (3,) upper end of the femoral shaft run (centre of its highest cross-section).
+    shaft_direction:
+        (3,) unit vector along the shaft, pointing up (towards the head).
+    medial:
+        (3,) unit vector towards the body midline at the hip.
+    radius_range_mm:
+        Plausible head radii.
+    min_gradient_hu_per_mm:
+        Edges weaker than this do not vote.
+    max_candidates:
+        How many centres to return at most.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        (3,) centres in mm on ``image``'s grid.
+    """
+    spacing_a = np.asarray(spacing, dtype=np.float64)
+    up = shaft_direction / np.linalg.norm(shaft_direction)
+    # The head centre lies above the shaft run and medial to it: search a box around that region.
+    centre_guess = shaft_top_mm + 80.0 * up + 40.0 * medial
+    half = np.array([110.0, 75.0, 90.0])
+    lo = np.maximum(0, np.floor((centre_guess - half) / spacing_a)).astype(int)
+    hi = np.minimum(image.shape, np.ceil((centre_guess + half) / spacing_a) + 1).astype(int)
+    if np.any(hi - lo < 8):
+        return []
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sub = np.asarray(image[box], dtype=np.float32)
+    smooth = ndi.gaussian_filter(sub, 1.0)
+    grads = [ndi.gaussian_filter1d(smooth, 1.0, axis=a, order=1) / np.float32(spacing_a[a]) for a in range(3)]
+    mag = np.sqrt(grads[0] ** 2 + grads[1] ** 2 + grads[2] ** 2)
+    strong = mag > min_gradient_hu_per_mm
+    if strong.sum() < 50:
+        return []
+    pos = np.argwhere(strong) * spacing_a
+    unit = np.stack([g[strong] for g in grads], axis=1) / mag[strong][:, None]
+    del grads, mag, smooth
+    # Two-sided voting: an edge votes at distance r along its gradient (a bright convex surface,
+    # such as the head, sends these votes to its centre) and against it (a bright concave surface,
+    # such as the cup, sends those to its centre). Only a ball inside a socket collects both.
+    convex = np.zeros(sub.shape, dtype=np.float32)
+    concave = np.zeros(sub.shape, dtype=np.float32)
+    step = float(spacing_a.min()) / 2.0
+    for r in np.arange(radius_range_mm[0], radius_range_mm[1] + 4.0 + 1e-6, step):
+        for sign, acc in ((1.0, convex), (-1.0, concave)):
+            target = np.round((pos + sign * r * unit) / spacing_a).astype(np.int64)
+            ok = np.all((target >= 0) & (target < sub.shape), axis=1)
+            np.add.at(acc, tuple(target[ok].T), np.float32(1.0))
+    score = np.sqrt(ndi.gaussian_filter(convex, 1.0) * ndi.gaussian_filter(concave, 1.0))
+    del convex, concave
+
+    out = []
+    for peak in _peaks(score, 4 * max_candidates, min_distance=int(np.ceil(15.0 / spacing_a.min()))):
+        centre = (np.asarray(peak) + lo) * spacing_a
+        # The head is well above and medial of the shaft run's end (the run ends at the lesser
+        # trochanter or below; the head centre is 40-50 mm medial of the shaft axis).
+        if (centre - shaft_top_mm) @ up < 25.0 or (centre - shaft_top_mm) @ medial < 15.0:
+            continue
+        out.append(centre)
+        if len(out) == max_candidates:
+            break
+    return out
+
+
+def fit_head_sphere(
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    centre_mm: np.ndarray,
+    neck_direction: np.ndarray,
+    *,
+    radius_range_mm: tuple[float, float] = (14.0, 32.0),
+    search_mm: float = 3.0,
+    min_gap_depth_hu: float = 60.0,
+    min_rim_contrast_hu: float = 250.0,
+    min_coverage: float = 0.25,
+) -> HeadSphere | None:
+    """Fit head and cup around a candidate centre at full resolution; None if it is no hip joint.
+
+    Parameters
+    ----------
+    image:
+        Full-resolution canonical CT view (HU); only a box around the candidate is read.
+    spacing:
+        Its voxel size (mm).
+    centre_mm:
+        Candidate centre (canonical mm of this grid).
+    neck_direction:
+        (3,) unit vector from the centre towards the femoral neck (the cup lies opposite), an
+        anatomical guess that is refined from the image.
+    radius_range_mm:
+        Plausible head radii.
+    search_mm:
+        The centre is moved by up to about this distance per axis to make the joint sharpest.
+    min_gap_depth_hu, min_rim_contrast_hu:
+        To accept the fit, the joint gap in the median radial profile must lie this far below the
+        lower of its two bright shoulders (the cup's cortex can be faint on thick slices), and this
+        far below the head's rim.
+    min_coverage:
+        Least fraction of the sphere's directions in which the cup must be seen across the gap.
+    """
+    spacing_a = np.asarray(spacing, dtype=np.float64)
+    reach = radius_range_mm[1] + 14.0 + search_mm
+    lo = np.maximum(0, np.floor((centre_mm - reach) / spacing_a)).astype(int)
+    hi = np.minimum(image.shape, np.ceil((centre_mm + reach) / spacing_a) + 1).astype(int)
+    if np.any(hi - lo < 4):
+        return None
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sub = np.asarray(image[box], dtype=np.float32)
+    sub = ndi.gaussian_filter(sub, tuple(0.5 / s for s in spacing_a))
+    origin = lo * spacing_a
+    radii = np.arange(4.0, radius_range_mm[1] + 12.0, 0.25)
+    neck = neck_direction / np.linalg.norm(neck_direction)
+    # Grid search of the joint's contrast: +-search_mm in 1.5 mm steps, then +-0.5 mm around the best.
+    centre = np.asarray(centre_mm, dtype=np.float64)
+    fit = None
+    for step, half in ((1.5, search_mm), (0.5, 0.5)):
+        offsets = np.arange(-half, half + 1e-6, step)
+        best_c, best_fit = centre, fit
+        for dz in offsets:
+            for dy in offsets:
+                for dx in offsets:
+                    c = centre + np.array([dz, dy, dx])
+                    trial = _fit_joint(sub, spacing, c - origin, neck, radii, radius_range_mm)
+                    if trial is not None and (best_fit is None or trial.contrast > best_fit.contrast):
+                        best_c, best_fit = c, trial
+        centre, fit = best_c, best_fit
+    if fit is None or fit.depth < min_gap_depth_hu or fit.rim - fit.gap < min_rim_contrast_hu:
+        return None
+    if not radius_range_mm[0] <= fit.head_radius <= radius_range_mm[1]:
+        return None
+    neck = _neck_direction(sub, spacing, centre - origin, neck, fit.head_radius, fit.cup_radius)
+    covered = _cup_coverage(sub, spacing, centre - origin, neck, fit)
+    # A cup holds a good part of the head (about half); a few matching rays are a coincidence.
+    solid_angle = np.sin((np.arange(_N_POLAR) + 0.5) / _N_POLAR * np.pi)[:, None]
+    coverage = float((covered * solid_angle).sum() / (solid_angle.sum() * _N_AZIMUTH))
+    if coverage < min_coverage:
+        logger.debug("rejected a head candidate: the cup covers only %.0f%%", 100 * coverage)
+        return None
+    logger.debug(
+        "femoral head: centre %s mm, radius %.1f mm, cup %.1f mm, gap depth %.0f HU, cup covers %.0f%%",
+        np.round(centre, 1), fit.head_radius, fit.cup_radius, fit.depth, 100.0 * coverage,
+    )
+    return HeadSphere(centre, fit.head_radius, fit.cup_radius, neck, covered)
+
+
+def _cup_coverage(
+    image: np.ndarray, spacing: tuple[float, ...], centre: np.ndarray, neck: np.ndarray, fit: _JointFit
+) -> np.ndarray:
+    """Directions in which a ray from the centre runs head rim -> dark gap -> cup cortex.
+
+    Each ray must be bright just inside the head's surface, dip below the gap level between the two
+    surfaces and be bright again just beyond the cup's surface: that is the joint, and what lies
+    beyond it is pelvis. Rays through the neck (no dip), past the cup's rim (no bright cup) or
+    through a lesion (a dip, but too wide to end in cortex right after the gap) do not qualify.
+    Directions within 45 degrees of the neck never do.
+    """
+    shoulder = min(fit.rim, fit.cup)
+    low = fit.gap + 0.4 * (shoulder - fit.gap)
+    high = fit.gap + 0.6 * (shoulder - fit.gap)
+    dirs = _bin_directions().reshape(-1, 3)
+    r_h, r_c = fit.head_radius, fit.cup_radius
+    radii = np.arange(r_h - 3.0, r_c + 5.0 + 1e-6, 0.25)
+    pts = (centre[None, None, :] + radii[None, :, None] * dirs[:, None, :]) / np.asarray(spacing)
+    vals = ndi.map_coordinates(image, pts.reshape(-1, 3).T, order=1, mode="nearest").reshape(pts.shape[:2])
+    head_side = vals[:, radii <= r_h].max(axis=1) >= high
+    dip = vals[:, (radii >= r_h - 0.5) & (radii <= r_c + 1.5)].min(axis=1) <= low
+    cup_side = vals[:, (radii >= r_c + 0.5) & (radii <= r_c + 5.0)].max(axis=1) >= high
+    covered = head_side & dip & cup_side & (dirs @ neck < np.cos(np.deg2rad(45.0)))
+    # The cup is a socket around one hemisphere of the head. Rays that pass the pattern elsewhere
+    # (below the head, where it runs out into the neck and a nearby cortex looks like a cup) are
+    # dropped: keep what lies within 95 degrees of the cup's axis, the mean covered direction.
+    weight = np.sin((np.arange(_N_POLAR) + 0.5) / _N_POLAR * np.pi).repeat(_N_AZIMUTH)  # bin solid angle
+    axis = (dirs * (covered * weight)[:, None]).sum(axis=0)
+    if np.linalg.norm(axis) > 0:
+        axis /= np.linalg.norm(axis)
+        covered &= dirs @ axis > np.cos(np.deg2rad(95.0))
+    return covered.reshape(_N_POLAR, _N_AZIMUTH)
+
+
+def _neck_direction(
+    image: np.ndarray, spacing: tuple[float, ...], centre: np.ndarray, guess: np.ndarray, r_head: float, r_cup: float
+) -> np.ndarray:
+    """Axis of the femoral neck: the directions in which bone runs on, without a gap, past the head.
+
+    Wherever the cup covers the head, a ray from the centre crosses the dark joint gap, and beyond
+    the cup's rim it runs into soft tissue; only along the neck does bone continue without a dip
+    from the head's surface to well past the cup's radius. The mean of those directions within 40
+    degrees of the anatomical guess is the neck's axis.
+    """
+    d = _DIRECTIONS[_DIRECTIONS @ guess > np.cos(np.deg2rad(40.0))]
+    radii = np.arange(r_head - 1.0, r_cup + 6.0, 0.5)
+    pts = centre[None, None, :] + radii[None, :, None] * d[:, None, :]
+    vals = ndi.map_coordinates(image, (pts / np.asarray(spacing)).reshape(-1, 3).T, order=1, mode="nearest")
+    solid = vals.reshape(pts.shape[:2]).min(axis=1) > 200.0
+    if solid.sum() < 3:
+        return guess
+    axis = d[solid].mean(axis=0)
+    norm = np.linalg.norm(axis)
+    return axis / norm if norm > 0.3 else guess
+
+
+def _peaks(acc: np.ndarray, n: int, *, min_distance: int) -> list[tuple[int, int, int]]:
+    """Up to ``n`` local maxima of ``acc``, strongest first, at least ``min_distance`` voxels apart."""
+    size = 2 * min_distance + 1
+    local = (acc == ndi.maximum_filter(acc, size=size)) & (acc > 0)
+    idx = np.argwhere(local)
+    if idx.size == 0:
+        return []
+    order = np.argsort(acc[tuple(idx.T)])[::-1][:n]
+    return [tuple(int(v) for v in idx[i]) for i in order]
+
+
+def sphere_markers(
+    shape: tuple[int, int, int],
+    origin_index: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    sphere: HeadSphere,
+    *,
+    head_margin_mm: float,
+    cup_margin_mm: float,
+    cup_shell_mm: float = 10.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Femur and pelvis seeds implied by a head sphere on a box of a canonical grid.
+
+    Parameters
+    ----------
+    shape, origin_index:
+        Shape of the box and the grid index of its first voxel.
+    spacing:
+        Voxel size (mm) of the grid.
+    sphere:
+        The head.
+    head_margin_mm:
+        Femur seeds fill the head up to ``head_radius - head_margin``.
+    cup_margin_mm, cup_shell_mm:
+        Pelvis seeds fill the shell from ``cup_radius + cup_margin`` to ``cup_radius + cup_shell``
+        in the directions the cup covers.
+
+    Returns
+    -------
+    (femur, pelvis):
+        Two bool arrays of ``shape``.
+    """
+    axes = [
+        ((np.arange(n) + o) * s - c).astype(np.float32)
+        for n, o, s, c in zip(shape, origin_index, spacing, sphere.centre_mm)
+    ]
+    dz, dy, dx = np.meshgrid(*axes, indexing="ij", sparse=True)
+    dist = np.sqrt(dz * dz + dy * dy + dx * dx)
+    femur = dist <= sphere.head_radius_mm - head_margin_mm
+    shell = (dist >= sphere.cup_radius_mm + cup_margin_mm) & (dist <= sphere.cup_radius_mm + cup_shell_mm)
+    pelvis = np.zeros(shape, dtype=bool)
+    if shell.any():
+        full = np.broadcast_to
+        idx = np.nonzero(shell)
+        i, j = direction_bins(full(dz, shape)[idx], full(dy, shape)[idx], full(dx, shape)[idx])
+        pelvis[idx] = sphere.covered[i, j]
+    return femur, pelvis
