@@ -12,6 +12,8 @@ from typing import Any
 
 _EXPORTS = {
     "FemurStudyLoaderOperator": "operators.deploy.study_loader_operator",
+    "FemurLesionOperator": "operators.deploy.lesion_operator",
+    "StudyOutputsOperator": "operators.deploy.outputs_operator",
 }
 
 __all__ = sorted(_EXPORTS)

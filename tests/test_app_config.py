@@ -1,0 +1,91 @@
+"""The application's graph, settings and packaging configuration, without running a study."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from operators.errors import FemurSegError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    from app.app import DEVICE_VARIABLE, MIRRORING_VARIABLE, FemurLesionSegApp, StageTimings
+except Exception as exc:  # noqa: BLE001 - ImportError, or OSError when libcudart.so.13 is not found
+    pytest.skip(
+        f"holoscan cannot be imported ({type(exc).__name__}: {exc}); run through `make test`, which sets "
+        "LD_LIBRARY_PATH to the CUDA runtime wheel's lib folder",
+        allow_module_level=True,
+    )
+
+
+def _fake_model(folder: Path) -> Path:
+    (folder / "fold_0").mkdir(parents=True)
+    for name in ("plans.json", "dataset.json"):
+        (folder / name).write_text("{}")
+    return folder
+
+
+def test_graph_wires_loader_splitter_lesions_and_outputs(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    model = _fake_model(tmp_path / "models" / "femur-lesion")
+    app = FemurLesionSegApp([sys.executable, "app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                             "-m", str(tmp_path / "models")], device="cpu", use_mirroring=False)
+    app.compose()
+
+    graph = app.graph
+    flows = {(a.name, b.name): graph.get_port_map(a, b) for a in graph.get_nodes() for b in graph.get_next_nodes(a)}
+    assert flows == {
+        ("study_loader", "femur_splitter"): {"loaded_series": {"loaded_series"}},
+        ("study_loader", "study_outputs"): {"loaded_series": {"loaded_series"}},
+        ("femur_splitter", "lesion_segmenter"): {"femur_split": {"femur_split"}},
+        ("femur_splitter", "study_outputs"): {"femur_split": {"femur_split"}},
+        ("lesion_segmenter", "study_outputs"): {"lesion_segmentation": {"lesion_segmentation"}},
+    }
+    # The model folder inside the models folder (as a MAP mounts it) was found; nothing was read yet.
+    assert app.model_path == model
+    assert app.input_folder == tmp_path / "in" and app.output_folder == tmp_path / "out"
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from app.app import _device_setting, _mirroring_setting
+
+    monkeypatch.delenv(DEVICE_VARIABLE, raising=False)
+    monkeypatch.delenv(MIRRORING_VARIABLE, raising=False)
+    assert _device_setting(None) == "auto" and _mirroring_setting(None) is True
+    monkeypatch.setenv(DEVICE_VARIABLE, "CPU")
+    monkeypatch.setenv(MIRRORING_VARIABLE, "off")
+    assert _device_setting(None) == "cpu" and _mirroring_setting(None) is False
+    assert _device_setting("auto") == "auto" and _mirroring_setting(True) is True
+    monkeypatch.setenv(DEVICE_VARIABLE, "gpu")
+    with pytest.raises(FemurSegError, match=DEVICE_VARIABLE):
+        _device_setting(None)
+    monkeypatch.setenv(MIRRORING_VARIABLE, "maybe")
+    with pytest.raises(FemurSegError, match=MIRRORING_VARIABLE):
+        _mirroring_setting(None)
+
+
+def test_stage_timings_are_listed_in_order() -> None:
+    timings = StageTimings()
+    with timings.measure("load"):
+        pass
+    with timings.measure("split"):
+        pass
+    described = timings.describe()
+    assert described.startswith("load 0.0 s, split 0.0 s, total ")
+
+
+def test_app_yaml_is_what_the_packager_reads() -> None:
+    from holoscan_cli.packager.config_reader import ApplicationConfiguration
+
+    config = ApplicationConfiguration()
+    config.read(REPO_ROOT / "app.yaml")  # validates application/title and resources
+    application = config._application_object
+    version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert str(application["version"]) == version
+    # The packager reads the hyphenated keys; camelCase ones would be ignored silently.
+    assert application["input-formats"] == ["file"] and application["output-formats"] == ["file"]
+    assert {"cpu", "gpu", "memory", "gpuMemory"} <= set(config._resource_object)
