@@ -1,7 +1,18 @@
-"""Command line of the training pipeline: ``python -m training train|export ...``.
+"""Command line of the training pipeline: ``python -m training build-dataset|synthetic-dataset|train|export ...``.
 
 Examples
 --------
+Build an nnU-Net dataset (one case per femur) from CT studies and lesion references, listed in a CSV
+with columns ``patient,ct,reference`` (a DICOM folder or NIfTI/NRRD CT; a label volume or DICOM-SEG)::
+
+    python -m training build-dataset --cases cases.csv --out ~/femur-nnunet/nnUNet_raw \
+        --name Dataset501_FemurLesion --cysts separate --test-fraction 0.2
+
+A synthetic cohort, generated in memory and built the same way::
+
+    python -m training synthetic-dataset --seeds 1000-1039 --out ~/femur-nnunet/nnUNet_raw \
+        --name Dataset601_SyntheticFemurLesion --workers 2
+
 Train the CPU configuration on fold 0 and export the model::
 
     python -m training train --dataset /data/Dataset501_FemurLesion --config small --folds 0 \\
@@ -28,9 +39,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from operators.errors import FemurSegError
 from training.configurations import CONFIGURATIONS, get_configuration
+
+if TYPE_CHECKING:
+    from training.dataset_builder import BuiltDataset
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue each fold from its latest checkpoint")
     train.add_argument("--no-export", dest="export", action="store_false", help="do not export the model")
     train.add_argument("--num-processes", type=int, help="worker processes for preprocessing and evaluation")
+
+    train.add_argument("--epochs", type=int,
+                       help="train this many epochs instead of the configuration's (recorded in the plans)")
+
+    build = commands.add_parser("build-dataset", help="build an nnU-Net dataset of femur cases from CT studies")
+    build.add_argument("--cases", required=True, type=Path, help="CSV with columns patient,ct,reference")
+    _add_dataset_output(build)
+    build.add_argument("--test-fraction", type=float, default=0.2,
+                       help="fraction of patients held out as imagesTs/labelsTs (default: 0.2)")
+    build.add_argument("--lesion-values", type=int, nargs="+", default=[1],
+                       help="label-volume values of lytic lesions (default: 1)")
+    build.add_argument("--cyst-values", type=int, nargs="+", default=[2],
+                       help="label-volume values of cysts (default: 2)")
+    build.add_argument("--lesion-segments", nargs="+", default=["lesion"],
+                       help="DICOM-SEG segment labels containing one of these words are lesions (default: lesion)")
+    build.add_argument("--cyst-segments", nargs="+", default=["cyst"],
+                       help="DICOM-SEG segment labels containing one of these words are cysts (default: cyst)")
+
+    synthetic = commands.add_parser("synthetic-dataset",
+                                    help="build an nnU-Net dataset from synthetic phantoms generated in memory")
+    synthetic.add_argument("--seeds", required=True, help="patient seeds, e.g. 1000-1039 or 1,2,3")
+    _add_dataset_output(synthetic)
+    synthetic.add_argument("--test-fraction", type=float, default=0.0,
+                           help="fraction of patients held out as imagesTs/labelsTs (default: 0)")
+    synthetic.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
 
     export = commands.add_parser("export", help="export trained folds of a workspace as a slim model folder")
     _add_common(export)
@@ -80,6 +120,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-version", default="0.1.0", help="model version for model.json")
 
 
+def _add_dataset_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="nnUNet_raw folder the dataset is written into")
+    parser.add_argument("--name", required=True, help="dataset folder name DatasetNNN_Name (must not exist)")
+    parser.add_argument("--cysts", default="separate", choices=("separate", "background"),
+                        help="cysts as label 2, or merged into background (default: separate)")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the train/test split and folds")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -90,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "toy":
             return _toy(args)
+        if args.command == "build-dataset":
+            return _build_dataset(args)
+        if args.command == "synthetic-dataset":
+            return _synthetic_dataset(args)
         return _export(args)
     except FemurSegError as error:
         logger.debug("failed", exc_info=True)
@@ -105,8 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from training.train import train
 
+    configuration = get_configuration(args.config)
+    if args.epochs is not None:
+        configuration = configuration.replace(
+            num_epochs=args.epochs, description=f"{configuration.description}; shortened to {args.epochs} epochs")
     run = train(
-        args.dataset, workspace=args.workspace, configuration=args.config, folds=args.folds,
+        args.dataset, workspace=args.workspace, configuration=configuration, folds=args.folds,
         device=args.device, splits=args.splits, resume=args.resume, export=args.export, output=args.output,
         model_name=args.model_name, model_version=args.model_version, num_processes=args.num_processes,
         command=_recorded_command(args),
@@ -133,6 +190,38 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_dataset(args: argparse.Namespace) -> int:
+    from training.dataset_builder import BuildOptions, ReferenceValues, build_from_csv
+
+    references = ReferenceValues(
+        lesion_values=tuple(args.lesion_values), cyst_values=tuple(args.cyst_values),
+        lesion_segments=tuple(args.lesion_segments), cyst_segments=tuple(args.cyst_segments),
+    )
+    dataset = build_from_csv(args.cases, args.out / args.name, options=BuildOptions(cysts=args.cysts,
+                             references=references), test_fraction=args.test_fraction, n_folds=args.folds,
+                             seed=args.seed)
+    return _print_dataset(dataset)
+
+
+def _synthetic_dataset(args: argparse.Namespace) -> int:
+    from training.synthetic_cohort import build_synthetic_dataset, parse_seeds
+
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    dataset = build_synthetic_dataset(parse_seeds(args.seeds), args.out / args.name, cysts=args.cysts,
+                                      test_fraction=args.test_fraction, n_folds=args.folds, workers=args.workers)
+    return _print_dataset(dataset)
+
+
+def _print_dataset(dataset: BuiltDataset) -> int:
+    excluded = sorted({i.patient for i in dataset.issues if i.action == "excluded"})
+    print(f"dataset: {dataset.folder} ({len(dataset.training_cases)} training, {len(dataset.test_cases)} test cases, "
+          f"{len(dataset.splits)} folds)")
+    print(f"report: {dataset.report.with_suffix('.md')} ({len(dataset.issues)} issue(s)"
+          + (f"; excluded: {', '.join(excluded)}" if excluded else "") + ")")
+    return 0
+
+
 def _toy(args: argparse.Namespace) -> int:
     from training.toy_dataset import write_toy_dataset
 
@@ -151,4 +240,6 @@ def _recorded_command(args: argparse.Namespace) -> str:
              "--folds", *map(str, args.folds), "--device", args.device, "--workspace", "WORKSPACE"]
     if args.splits is not None:
         parts += ["--splits", args.splits.name]
+    if args.epochs is not None:
+        parts += ["--epochs", str(args.epochs)]
     return shlex.join(parts)

@@ -1,0 +1,634 @@
+"""Reproduce the shipped demonstration model in ``model/`` from scratch: ``python -m training.shipped_model``.
+
+Steps (each logged with its duration; a step whose output exists is reused with ``--resume``):
+
+1. **cohort**: synthetic patients (seeds 1000-1039, used nowhere else) generated in memory and built
+   into ``Dataset601_SyntheticFemurLesion`` by :func:`training.synthetic_cohort.build_synthetic_dataset`
+   (femur crops from the application's splitter, lesions as 1, cysts as 2);
+2. **training**: nnU-Net ``3d_fullres`` with the ``small`` configuration (optionally fewer epochs,
+   ``--epochs``), nnU-Net fold ``all``: one model trained on every training case, no cross-validation.
+   nnU-Net's planning and preprocessing run as in :func:`training.train.train`; the fold is trained by
+   nnU-Net's own trainer (:class:`training.trainers.nnUNetTrainerFemur`) in a fresh interpreter, but
+   without nnU-Net's final "validation", which for fold ``all`` only predicts the training cases again
+   (tens of CPU minutes for a number that says nothing about generalisation);
+3. **export**: the slim model folder (:func:`training.export.export_model`: weights only, model.json);
+4. **evaluation**: held-out ``standard`` synthetic studies (seeds 2000-2009) go through the
+   application's path — :func:`operators.femur_splitter.split_femurs`, then
+   :class:`operators.lesion_model.LesionModel` on each femur crop — and the per-femur predictions are
+   scored against the truth (lesion 1, cyst 2, inside the crop's box) with ``python -m evaluation``;
+5. **model card**: ``model/README.md`` from model.json and the evaluation.
+
+The workspace (nnU-Net's folders, the evaluation's label files) is a scratch folder, by default
+``build/shipped_model``; only the model folder and its card are part of the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from operators.errors import FemurSegError, TrainingRunError
+from training.configurations import (
+    CONFIGURATIONS,
+    NNUNET_CONFIGURATION,
+    TRAINER_NAME,
+    TrainingConfiguration,
+    get_configuration,
+)
+
+logger = logging.getLogger(__name__)
+
+DATASET_NAME = "Dataset601_SyntheticFemurLesion"
+TRAINING_SEEDS = "1000-1039"
+EVALUATION_SEEDS = "2000-2009"
+MODEL_NAME = "femur-lesion-synthetic-demo"
+MODEL_VERSION = "0.1.0"
+DEFAULT_WORKSPACE = Path("build/shipped_model")
+DEFAULT_MODEL_FOLDER = Path("model/femur_lesion_nnunet")
+EVALUATION_FILE = "evaluation.json"
+#: Lesions at least this large (equivalent-sphere diameter, mm) must be found (the issue's target).
+DETECTION_SIZE_MM = 10.0
+TARGETS = {
+    "mean_lesion_dice": 0.75,
+    "sensitivity_ge_10mm": 0.9,
+    "lesion_free_predicted_empty": 0.9,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that defines a run of the recipe (see :func:`build_parser`)."""
+
+    workspace: Path
+    model_folder: Path
+    card: Path
+    training_seeds: str
+    evaluation_seeds: str
+    configuration: TrainingConfiguration
+    workers: int
+    mirroring: bool
+    resume: bool
+    steps: tuple[str, ...]
+
+
+STEPS = ("cohort", "prepare-evaluation", "train", "export", "evaluate", "card")
+#: Internal first argument: train fold "all" in this (fresh) interpreter, see :func:`fit_fold_all`.
+FIT_COMMAND = "_fit-fold-all"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m training.shipped_model``."""
+    parser = argparse.ArgumentParser(prog="python -m training.shipped_model", description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE,
+                        help="scratch folder (default: %(default)s)")
+    parser.add_argument("--model-folder", type=Path, default=DEFAULT_MODEL_FOLDER,
+                        help="exported model folder (default: %(default)s)")
+    parser.add_argument("--card", type=Path, default=Path("model/README.md"), help="model card (default: %(default)s)")
+    parser.add_argument("--training-seeds", default=TRAINING_SEEDS, help="cohort seeds (default: %(default)s)")
+    parser.add_argument("--evaluation-seeds", default=EVALUATION_SEEDS,
+                        help="held-out standard studies (default: %(default)s)")
+    parser.add_argument("--config", default="small", help="training configuration (default: small)")
+    parser.add_argument("--epochs", type=int, help="epochs instead of the configuration's")
+    parser.add_argument("--workers", type=int, default=2, help="cohort worker processes (default: 2)")
+    parser.add_argument("--no-mirroring", dest="mirroring", action="store_false",
+                        help="evaluate without test-time mirroring (8x faster on a CPU)")
+    parser.add_argument("--resume", action="store_true", help="reuse the outputs of steps already done")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="steps to run (default: all)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the recipe; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [FIT_COMMAND]:
+        fit_fold_all(argv[1], argv[2], resume="--continue" in argv[3:])
+        return 0
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configuration = get_configuration(args.config)
+    if args.epochs is not None:
+        configuration = configuration.replace(
+            num_epochs=args.epochs, description=f"{configuration.description}; shortened to {args.epochs} epochs")
+    settings = Settings(
+        workspace=args.workspace.expanduser().resolve(), model_folder=args.model_folder, card=args.card,
+        training_seeds=args.training_seeds, evaluation_seeds=args.evaluation_seeds, configuration=configuration,
+        workers=args.workers, mirroring=args.mirroring, resume=args.resume, steps=tuple(args.steps),
+    )
+    try:
+        run(settings, command=_recorded_command(args))
+    except FemurSegError as error:
+        logger.debug("failed", exc_info=True)
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+def run(settings: Settings, *, command: str) -> None:
+    """Run the selected steps of the recipe."""
+    from training.nnunet_workspace import NnUNetWorkspace
+    from training.synthetic_cohort import build_synthetic_dataset, parse_seeds
+
+    workspace = NnUNetWorkspace(settings.workspace)
+    timings_file = settings.workspace / "timings.json"
+    dataset_folder = workspace.raw / DATASET_NAME
+
+    def read_timings() -> dict[str, float]:
+        return json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.is_file() else {}
+
+    def timed(step: str, seconds: float) -> None:
+        # Re-read: steps may run in separate invocations side by side (e.g. prepare-evaluation).
+        timings = read_timings()
+        timings[step] = round(seconds, 1)
+        _atomic_write(timings_file, json.dumps(timings, indent=2) + "\n")
+        logger.info("step %s: %.1f min", step, seconds / 60)
+
+    if "cohort" in settings.steps and not (settings.resume and dataset_folder.is_dir()):
+        t0 = time.monotonic()
+        build_synthetic_dataset(parse_seeds(settings.training_seeds), dataset_folder, cysts="separate",
+                                test_fraction=0.0, workers=settings.workers)
+        timed("cohort", time.monotonic() - t0)
+    if "prepare-evaluation" in settings.steps:
+        t0 = time.monotonic()
+        prepare_evaluation_studies(parse_seeds(settings.evaluation_seeds), settings.workspace / "evaluation")
+        timed("prepare-evaluation", time.monotonic() - t0)
+    if "train" in settings.steps:
+        t0 = time.monotonic()
+        train_fold_all(workspace, settings.configuration, resume=settings.resume)
+        timed("train", time.monotonic() - t0)
+    if "export" in settings.steps:
+        from training.export import export_model
+
+        exported = export_model(
+            workspace, DATASET_NAME, settings.configuration, folds=("all",), output=settings.model_folder,
+            model_name=MODEL_NAME, model_version=MODEL_VERSION, training_command=command, training_device="cpu",
+        )
+        logger.info("model folder %s: %.1f MB", exported.folder, exported.size_bytes / 1e6)
+    if "evaluate" in settings.steps:
+        t0 = time.monotonic()
+        evaluate_model(settings.model_folder, parse_seeds(settings.evaluation_seeds),
+                       settings.workspace / "evaluation", mirroring=settings.mirroring)
+        timed("evaluate", time.monotonic() - t0)
+    if "card" in settings.steps:
+        write_model_card(settings, read_timings(), command)
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def train_fold_all(workspace: Any, configuration: TrainingConfiguration, *, resume: bool = False) -> Path:
+    """Plan, preprocess and train nnU-Net fold ``all`` on the cohort; returns the fold's folder.
+
+    Planning and preprocessing are :func:`training.train.plan_and_preprocess`; the fold trains in a
+    subprocess running :func:`_fit_fold_all` (nnU-Net's trainer, its progress lines on stdout).
+    """
+    from training.export import results_folder
+    from training.train import plan_and_preprocess, resolve_dataset
+
+    processes = max(1, min(8, os.cpu_count() or 1))
+    name = resolve_dataset(workspace, DATASET_NAME)
+    fold_folder = results_folder(workspace, name, configuration) / "fold_all"
+    if resume and (fold_folder / "checkpoint_final.pth").is_file():
+        logger.info("fold all already trained: %s", fold_folder)
+        return fold_folder
+    plan_and_preprocess(workspace, name, configuration, num_processes=processes)
+    command = [sys.executable, "-m", "training.shipped_model", FIT_COMMAND, name, configuration.plans_identifier]
+    if resume and (fold_folder / "checkpoint_latest.pth").is_file():
+        command.append("--continue")
+    environment = workspace.environment(training_device="cpu", worker_processes=processes)
+    sys.stdout.flush()
+    completed = subprocess.run(command, env=environment, check=False)
+    if completed.returncode != 0 or not (fold_folder / "checkpoint_final.pth").is_file():
+        raise TrainingRunError(f"nnU-Net training of fold all failed (exit code {completed.returncode}); "
+                               f"log in {fold_folder}")
+    return fold_folder
+
+
+def fit_fold_all(dataset_name: str, plans_identifier: str, *, resume: bool = False) -> None:
+    """Train nnU-Net fold ``all`` with the project's trainer on the CPU, without the final validation.
+
+    Runs in the subprocess :func:`train_fold_all` starts, with the workspace's nnU-Net variables set.
+    This is nnU-Net's ``run_training`` minus ``perform_actual_validation``: for fold ``all`` the
+    validation cases are the training cases.
+    """
+    import multiprocessing
+
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    torch.set_num_threads(multiprocessing.cpu_count())  # as nnUNetv2_train does on the CPU
+    trainer = get_trainer_from_args(dataset_name, NNUNET_CONFIGURATION, "all", TRAINER_NAME, plans_identifier,
+                                    device=torch.device("cpu"))
+    maybe_load_checkpoint(trainer, resume, False, None)
+    trainer.run_training()
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+def prepare_evaluation_studies(seeds: Sequence[int], out: Path) -> list[dict[str, Any]]:
+    """Generate the held-out studies, split them, and keep each femur crop and its truth on disk.
+
+    For each seed: ``generate_phantom(seed, "standard")`` (default draws) and ``split_femurs`` on its
+    CT; per femur, ``out/crops/<case>_0000.nii.gz`` (the femur-only crop, HU) and
+    ``out/references/<case>.nii.gz`` (truth on the crop grid: lesion 1, cyst 2, cut with the crop's
+    box but *not* restricted to the splitter's femur mask, so lesion voxels the splitter leaves out
+    count as misses), with case ids ``std<seed>_<side>``. A study already prepared (its
+    ``out/studies/<seed>.json``) is reused, so this can run ahead of, or beside, the training.
+
+    Returns
+    -------
+    list of dict
+        Per study: seed, shape, spacing, femurs found, femurs the splitter missed, case ids.
+    """
+    import highdicom as hd
+
+    from evaluation.label_io import write_label_volume
+    from operators.femur_splitter import split_femurs
+    from synthetic_ct import generate_phantom
+
+    crops_dir, ref_dir, studies_dir = out / "crops", out / "references", out / "studies"
+    for folder in (crops_dir, ref_dir, studies_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    studies: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for k, seed in enumerate(seeds, start=1):
+        done = studies_dir / f"{seed}.json"
+        if done.is_file():
+            studies.append(json.loads(done.read_text(encoding="utf-8")))
+            continue
+        phantom = generate_phantom(seed, "standard")
+        labels = np.asarray(phantom.labels.array)
+        split = split_femurs(phantom.ct)
+        cases = []
+        for side, crop in split.femurs.items():
+            case = f"std{seed}_{side}"
+            truth = labels[crop.box]
+            reference = np.zeros(truth.shape, dtype=np.uint8)
+            reference[truth == 4] = 2
+            reference[truth == 3] = 1
+            _write_crop(crops_dir / f"{case}_0000.nii.gz", crop.femur_only)
+            write_label_volume(ref_dir / f"{case}.nii.gz",
+                               hd.Volume(reference, crop.femur_only.affine, coordinate_system="PATIENT"))
+            cases.append(case)
+        study = {"seed": seed, "shape_zyx": list(phantom.ct.spatial_shape),
+                 "spacing_mm_zyx": [round(float(s), 3) for s in phantom.ct.spacing],
+                 "femurs": sorted(split.femurs), "cases": cases,
+                 "femurs_missed_by_splitter": [s for s in ("left", "right") if s not in split.femurs
+                                               and np.any(labels == (1 if s == "left" else 2))]}
+        _atomic_write(done, json.dumps(study) + "\n")
+        studies.append(study)
+        elapsed = time.monotonic() - started
+        logger.info("evaluation study %d/%d (seed %d): %d femur(s) | elapsed %.0f s", k, len(seeds), seed,
+                    len(split.femurs), elapsed)
+    return studies
+
+
+def evaluate_model(model_folder: Path, seeds: Sequence[int], out: Path, *, mirroring: bool = True) -> dict[str, Any]:
+    """Score the model on held-out standard synthetic studies, the application's way.
+
+    The studies are prepared by :func:`prepare_evaluation_studies` (femur splitter on each CT); then
+    :class:`operators.lesion_model.LesionModel` predicts each femur crop, the predictions are written
+    as ``out/predictions/<case>.nii.gz`` and scored against the truth with ``python -m evaluation``.
+
+    Returns
+    -------
+    dict
+        Written to ``out/evaluation.json``: the headline metrics, per-femur inference times (s), and
+        the studies' settings.
+    """
+    import highdicom as hd
+
+    from evaluation.cli import main as evaluation_main
+    from evaluation.label_io import write_label_volume
+    from operators.lesion_model import LesionModel
+    from training.dataset_builder import read_volume_file
+
+    studies = prepare_evaluation_studies(seeds, out)
+    pred_dir, report_dir = out / "predictions", out / "report"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    model = LesionModel.from_folder(model_folder, device="cpu", use_mirroring=mirroring)
+    times: list[float] = []
+    cases = [case for study in studies for case in study["cases"]]
+    for k, case in enumerate(cases, start=1):
+        crop = read_volume_file(out / "crops" / f"{case}_0000.nii.gz")
+        t0 = time.perf_counter()
+        prediction = model.predict(crop)
+        times.append(time.perf_counter() - t0)
+        write_label_volume(pred_dir / f"{case}.nii.gz",
+                           hd.Volume(prediction.labels, crop.affine, coordinate_system="PATIENT"))
+        logger.info("predicted %s (%d/%d) in %.1f s", case, k, len(cases), times[-1])
+    status = evaluation_main(["--pred", str(pred_dir), "--ref", f"truth={out / 'references'}",
+                              "--out", str(report_dir)])
+    if status != 0:
+        raise TrainingRunError(f"evaluation of the model failed (exit status {status})")
+    result = {
+        "seeds": list(seeds),
+        "mirroring": mirroring,
+        "metrics": headline_metrics(report_dir),
+        "inference_seconds_per_femur": {"mean": round(float(np.mean(times)), 2), "max": round(float(np.max(times)), 2),
+                                        "n": len(times)},
+        "studies": studies,
+    }
+    _atomic_write(out / EVALUATION_FILE, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _write_crop(path: Path, volume: Any) -> None:
+    """Write a femur-only crop (float32 HU, (z, y, x), affine -> LPS) as NIfTI, atomically."""
+    import SimpleITK as sitk
+
+    array = np.asarray(volume.array, dtype=np.float32)
+    affine = np.asarray(volume.affine, dtype=float)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)  # (sz, sy, sx)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(v) for v in spacing[::-1]))
+    image.SetDirection(tuple(float(v) for v in (affine[:3, :3] / spacing)[:, ::-1].ravel()))
+    image.SetOrigin(tuple(float(v) for v in affine[:3, 3]))
+    tmp = path.with_name(f".{path.name}")
+    sitk.WriteImage(image, str(tmp), useCompression=True)
+    os.replace(tmp, path)
+
+
+def headline_metrics(report_dir: Path) -> dict[str, Any]:
+    """The model card's metrics from the evaluation package's ``per_case.csv`` and ``lesions.csv``.
+
+    * mean lesion Dice over femurs, true negatives (both empty, NaN) left out;
+    * lesion-wise sensitivity for reference lesions >= 10 mm (equivalent-sphere diameter);
+    * fraction of lesion-free femurs predicted without any lesion voxel;
+    * cysts called tumour: fraction of reference cyst voxels predicted lesion, and femurs with a cyst
+      mostly called tumour.
+    """
+    per_case = _read_csv(report_dir / "per_case.csv")
+    lesions = _read_csv(report_dir / "lesions.csv")
+    logger.debug("per_case columns %s; lesions columns %s", list(per_case[0]) if per_case else [],
+                 list(lesions[0]) if lesions else [])
+
+    def number(row: dict[str, str], *names: str) -> float:
+        for name in names:
+            if name in row and row[name] not in ("", None):
+                return float(row[name])
+        return math.nan
+
+    dice = [number(r, "dice") for r in per_case]
+    ref_ml = [number(r, "reference_volume_ml") for r in per_case]
+    pred_ml = [number(r, "test_volume_ml") for r in per_case]
+    lesion_free = [p for r, p in zip(ref_ml, pred_ml) if r == 0]
+    sizes = [(number(r, "diameter_mm"), str(r.get("detected", "")).lower())
+             for r in lesions]
+    large = [d for s, d in sizes if s >= DETECTION_SIZE_MM]
+    valid_dice = [d for d in dice if not math.isnan(d)]
+    return {
+        "femurs": len(per_case),
+        "femurs_with_lesion": sum(r > 0 for r in ref_ml),
+        "femurs_predicted_empty": sum(p == 0 for p in pred_ml),
+        "mean_lesion_dice": _round(np.mean(valid_dice)) if valid_dice else None,
+        "dice_true_negatives": sum(math.isnan(d) for d in dice),
+        "reference_lesions": len(sizes),
+        "lesions_ge_10mm": len(large),
+        "sensitivity_ge_10mm": _round(sum(d in ("true", "1", "yes") for d in large) / len(large)) if large else None,
+        "lesion_free_femurs": len(lesion_free),
+        "lesion_free_predicted_empty": _round(sum(p == 0 for p in lesion_free) / len(lesion_free))
+        if lesion_free else None,
+        "cyst_voxels_called_tumour": _mean_column(per_case, "cyst_voxel_fraction_called_lesion"),
+        "femurs_with_cyst_called_tumour": _count_true(per_case, "cyst_called_tumour"),
+        "femurs_with_cyst": sum(number(r, "cysts") > 0 for r in per_case),
+    }
+
+
+# ----------------------------------------------------------------------------------------- card
+
+
+def write_model_card(settings: Settings, timings: dict[str, float], command: str) -> Path:
+    """Write ``model/README.md`` from the model's model.json, the timings and ``evaluation.json``."""
+    info = json.loads((settings.model_folder / "model.json").read_text(encoding="utf-8"))
+    evaluation_file = settings.workspace / "evaluation" / EVALUATION_FILE
+    evaluation = json.loads(evaluation_file.read_text(encoding="utf-8")) if evaluation_file.is_file() else None
+    report_file = settings.workspace / "nnUNet_raw" / DATASET_NAME / "dataset_report.json"
+    report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
+    size = sum(p.stat().st_size for p in settings.model_folder.rglob("*") if p.is_file())
+    text = render_model_card(info, evaluation, timings, size, settings, command, dataset_report=report)
+    _atomic_write(settings.card, text)
+    logger.info("model card %s", settings.card)
+    return settings.card
+
+
+def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, timings: dict[str, float],
+                      size_bytes: int, settings: Settings, command: str,
+                      dataset_report: dict[str, Any] | None = None) -> str:
+    """The model card's Markdown (``dataset_report``: the cohort's ``dataset_report.json``, optional)."""
+    schedule = info.get("schedule") or {}
+    training = info.get("training") or {}
+    folder = settings.model_folder.as_posix()
+    m = (evaluation or {}).get("metrics", {})
+
+    def fmt(value: Any, digits: int = 2) -> str:
+        return "n/a" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+    def target(key: str) -> str:
+        value = m.get(key)
+        if value is None:
+            return "not measured"
+        return "met" if value >= TARGETS[key] else "**not met**"
+
+    lines = [
+        "# Model card: femur lytic lesion segmentation (nnU-Net), synthetic demonstration model",
+        "",
+        "> **A demonstration model for synthetic data, not for clinical use.** It was trained only on synthetic",
+        "> CT phantoms (`synthetic_ct`) and has never seen a patient's CT. It shows that the method of",
+        "> Rachmil et al. (2024) runs end to end in this product; it says nothing about performance on real scans.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| name, version | `{info.get('name')}` {info.get('version')} |",
+        "| method | nnU-Net v2 `3d_fullres` (PlainConvUNet), after Rachmil et al. 2024: one femur-only crop per case, "
+        "z-score over the femur's voxels |",
+        f"| configuration | `{info.get('configuration')}`: target spacing {info.get('target_spacing_mm_zyx')} mm "
+        "(z, y, x), "
+        f"patch {info.get('patch_size_zyx')}, features {info.get('features_per_stage')} |",
+        f"| schedule | {schedule.get('num_epochs')} epochs x {schedule.get('num_iterations_per_epoch')} iterations "
+        f"(batch 2), {schedule.get('num_val_iterations_per_epoch')} validation iterations per epoch |",
+        "| folds | nnU-Net fold `all`: **one model trained on all training cases** (no cross-validation, no "
+        "ensemble, no nnU-Net post-processing; nnU-Net's end-of-training validation, which for fold `all` only "
+        "re-predicts the training cases, is skipped) |",
+        "| labels | " + ", ".join(f"{k} {v}" for k, v in (info.get("label_names") or {}).items()) + " |",
+        f"| files | `{folder}/`: `plans.json`, `dataset.json`, `dataset_fingerprint.json`, `model.json`, "
+        "`fold_all/checkpoint_final.pth` (network weights only) |",
+        f"| size | {size_bytes / 1e6:.1f} MB |",
+        "| loads with | `operators.lesion_model.LesionModel.from_folder`, or stock `nnUNetv2_predict_from_modelfolder` "
+        "(checkpoint names `nnUNetTrainer`) |",
+        "",
+        "## Intended use",
+        "",
+        "Demonstration and testing of the application and of the training pipeline on synthetic studies. Input: one",
+        "femur-only crop from the femur splitter (HU inside the femur, 0 outside), any orientation (brought to HPL by",
+        "permutation/flips). Output: 0 background, 1 lytic lesion, 2 cyst, on the crop's grid.",
+        "",
+        "## Training data",
+        "",
+        f"- {training.get('num_training_cases')} femur cases from the synthetic patients with seeds "
+        f"{settings.training_seeds} (`python -m training synthetic-dataset`), generated in memory and built by the "
+        "same dataset builder as real studies: femurs cut out by the application's splitter, reference lesions and "
+        "cysts cut with the crop box and restricted to the femur mask (clipped voxels are counted in "
+        "`dataset_report.md`). Seeds 1000-1039 are used nowhere else in the project.",
+        "- Drawn wide on purpose: pixels 1.2-1.9 mm, slices 1.5-3 mm, field of view 400-500 mm, noise 5-45 HU, "
+        "kVp 80-140, with/without contrast, head- or feet-first, either slice order, knees in view or not, sometimes "
+        "one femur only, 0-4 lesions per patient, cysts in about a third.",
+        "- Cysts are their own class (label 2), so the model learns to tell them from tumour.",
+        *_cohort_lines(dataset_report),
+        "",
+        "## Training",
+        "",
+        "Reproduce from scratch (about an hour on 2 CPU cores):",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Trained {training.get('date')} on {training.get('device')}, nnunetv2 {training.get('nnunetv2')}, "
+        f"torch {training.get('torch')}.",
+    ]
+    if timings:
+        lines += ["", "Measured durations (2 shared CPU cores): " + ", ".join(
+            f"{k} {v / 60:.1f} min" for k, v in timings.items()) + "."]
+    default_epochs = CONFIGURATIONS[info["configuration"]].num_epochs if info.get("configuration") in CONFIGURATIONS \
+        else None
+    if default_epochs is not None and schedule.get("num_epochs") != default_epochs:
+        lines += ["", f"The schedule was shortened to {schedule.get('num_epochs')} epochs with `--epochs` "
+                      f"(the `{info.get('configuration')}` configuration's default is {default_epochs}) to fit the "
+                      "time available on a shared 2-core machine."]
+    lines += ["", "## Evaluation", ""]
+    if evaluation is None:
+        lines.append("Not evaluated yet.")
+    else:
+        seeds = evaluation["seeds"]
+        t = evaluation["inference_seconds_per_femur"]
+        lines += [
+            f"Held-out `standard` synthetic studies, seeds {seeds[0]}-{seeds[-1]} ({len(seeds)} studies, "
+            f"{m.get('femurs')} femurs), default generator draws (0.6-1 mm pixels, 0.8-1.5 mm slices), run the "
+            "application's way: femur splitter, then the model on each crop"
+            + ("" if evaluation.get("mirroring") else ", **test-time mirroring off**") + ". The truth is "
+            "cut with the crop box but not restricted to the splitter's femur mask: lesion voxels the splitter "
+            "leaves out count as misses. Scored with `python -m evaluation` (per-femur Dice, both empty = NaN and "
+            "left out).",
+            "",
+            "| metric | value | target (issue) | |",
+            "|---|---|---|---|",
+            f"| mean lesion Dice (NaN excluded; {m.get('dice_true_negatives')} true negatives) | "
+            f"{fmt(m.get('mean_lesion_dice'))} | >= 0.75 | {target('mean_lesion_dice')} |",
+            f"| lesion-wise sensitivity, lesions >= 10 mm ({m.get('lesions_ge_10mm')} lesions) | "
+            f"{fmt(m.get('sensitivity_ge_10mm'))} | >= 0.90 | {target('sensitivity_ge_10mm')} |",
+            f"| lesion-free femurs predicted empty ({m.get('lesion_free_femurs')} femurs) | "
+            f"{fmt(m.get('lesion_free_predicted_empty'))} | >= 0.90 | {target('lesion_free_predicted_empty')} |",
+            f"| cysts called tumour: fraction of cyst voxels predicted lesion | "
+            f"{fmt(m.get('cyst_voxels_called_tumour'))} | mostly not | |",
+            f"| femurs whose cyst is mostly called tumour | {fmt(m.get('femurs_with_cyst_called_tumour'))} of "
+            f"{fmt(m.get('femurs_with_cyst'))} | | |",
+            f"| inference time per femur crop (CPU, 2 cores{'' if evaluation.get('mirroring') else ', no mirroring'}) "
+            f"| {t['mean']:.1f} s mean, {t['max']:.1f} s max | | |",
+            "",
+            "Reference points from the paper (real CT): Dice 0.69 against a specialist, 0.67 / 0.68 against two "
+            "radiologists (radiologist against radiologist 0.73).",
+        ]
+        if m.get("femurs") and m.get("femurs_predicted_empty") == m.get("femurs"):
+            lines += ["", f"**The model predicts no lesion voxel in any of the {m['femurs']} femurs: it is "
+                          "undertrained.** The lesion-free figure is met only trivially, and the cyst figures say "
+                          "nothing. Train with the full schedule (no `--epochs`), ideally on a GPU, before "
+                          "relying on any figure here."]
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "- Synthetic data only: anatomy, lesions, noise and artefacts come from one generator; real scanners, "
+        "kernels, implants and pathology are not represented.",
+        "- The lesion is searched inside the splitter's femur mask only: lesion parts the splitter leaves out "
+        "(e.g. where a lesion breaks through the cortex) cannot be found.",
+        "- Trained at >= 2.0 x 1.6 x 1.6 mm on a short CPU schedule: small lesions and fine borders suffer.",
+        "- Subtle low-contrast shaft lesions can be confused with marrow; femoral-head cysts are not tumours.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _cohort_lines(report: dict[str, Any] | None) -> list[str]:
+    if not report:
+        return []
+    summary = report["summary"]
+    cases = report["cases"]
+    kept = sum(c["lesion_voxels"] for c in cases)
+    clipped = sum(c["clipped_lesion_voxels"] for c in cases)
+    lost = sum(i["voxels"] or 0 for i in report["issues"] if i["kind"] == "lesion_outside_femur" and not i["case"])
+    excluded = [i for i in report["issues"] if i["action"] == "excluded"]
+    lines = [f"- Cohort as built: {summary['training_cases']} femur cases from "
+             f"{summary['studies'] - summary['studies_excluded']} of {summary['studies']} patients; "
+             f"{summary['cases_with_lesion']} femurs with a lesion, {summary['cases_with_cyst']} with a cyst."]
+    if excluded:
+        lines.append(f"- {len(excluded)} patient(s) gave no case: " + "; ".join(
+            f"{i['patient']}: {i['message']}" for i in excluded) + ".")
+    if kept + clipped + lost:
+        lines.append(f"- {100.0 * (clipped + lost) / (kept + clipped + lost):.0f} % of the reference lesion voxels "
+                     "lay outside the splitter's femur mask and were clipped (listed per case in the dataset report).")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _recorded_command(args: argparse.Namespace) -> str:
+    parts = ["python", "-m", "training.shipped_model", "--workers", str(args.workers)]
+    if args.epochs is not None:
+        parts += ["--epochs", str(args.epochs)]
+    if not args.mirroring:
+        parts.append("--no-mirroring")
+    if args.training_seeds != TRAINING_SEEDS:
+        parts += ["--training-seeds", args.training_seeds]
+    if args.evaluation_seeds != EVALUATION_SEEDS:
+        parts += ["--evaluation-seeds", args.evaluation_seeds]
+    return shlex.join(parts)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _mean_column(rows: list[dict[str, str]], *names: str) -> float | None:
+    values = [float(r[n]) for r in rows for n in names if n in r and r[n] not in ("", None)]
+    return _round(np.mean(values)) if values else None
+
+
+def _count_true(rows: list[dict[str, str]], *names: str) -> int | None:
+    values = [str(r[n]).lower() for r in rows for n in names if n in r and r[n] not in ("", None)]
+    return sum(v in ("true", "1", "yes") for v in values) if values else None
+
+
+def _round(value: float) -> float:
+    return round(float(value), 4)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    from training.raw_dataset import _atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
