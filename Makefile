@@ -72,7 +72,7 @@ MODEL_EPOCHS ?= 40
 # The shipped demonstration model, from scratch: synthetic cohort (seeds 1000-1039), dataset, nnU-Net
 # 'small' training on fold "all", export into model/, evaluation on held-out standard studies, model card.
 model: venv
-	@$(RUN) $(PY) -m training.shipped_model --workers 2 --epochs $(MODEL_EPOCHS) --no-mirroring
+	@$(RUN) $(PY) -m lesion_training.shipped_model --workers 2 --epochs $(MODEL_EPOCHS) --no-mirroring
 
 # Re-resolve the whole environment from scratch and rewrite constraints.txt.
 lock:

@@ -36,28 +36,43 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
 
 
 def _within_intact_outline(
-    mask: np.ndarray, hull: np.ndarray | None, spacing: tuple[float, float], n_angles: int = 180
+    mask: np.ndarray,
+    hull: np.ndarray | None,
+    spacing: tuple[float, float],
+    rebuilt: np.ndarray | None = None,
+    n_angles: int = 180,
 ) -> np.ndarray:
     """Pixels not beyond the cross-section's own outline where that outline is intact.
 
-    Seen from the cross-section's centre, in directions where the mask reaches its convex hull the
-    cortex is intact and marks the true outline: nothing beyond it may be added. In directions where
-    the hull spans empty space (the breach) the mask stops short of the outline and any radius is
-    allowed.
+    Seen from the cross-section's centre, the outline is intact in a direction when the mask's
+    outermost pixel there lies on the convex hull (no crescent opening) and, given the rebuilt
+    outline's signed distance ``rebuilt`` (mm, negative inside), on that outline too (no bite whose
+    remnant is convex, cut off by a flat chord). Nothing beyond an intact outline may be added; in
+    the other directions the mask stops short of the true outline and any radius is allowed.
     """
-    if hull is None or not mask.any():
+    if not mask.any() or (hull is None and rebuilt is None):
         return np.ones(mask.shape, dtype=bool)
     cy, cx = _centroid(mask)
     yy, xx = np.indices(mask.shape)
     dy, dx = (yy - cy) * spacing[0], (xx - cx) * spacing[1]
     r = np.hypot(dy, dx)
     bins = ((np.arctan2(dx, dy) + np.pi) / (2 * np.pi) * n_angles).astype(np.int64) % n_angles
-    r_mask = np.zeros(n_angles)
-    r_hull = np.zeros(n_angles)
-    np.maximum.at(r_mask, bins[mask], r[mask])
-    np.maximum.at(r_hull, bins[hull], r[hull])
     tolerance = 1.5 * max(spacing)
-    intact = (r_hull - r_mask) <= tolerance
+    r_mask = np.zeros(n_angles)
+    np.maximum.at(r_mask, bins[mask], r[mask])
+    intact = r_mask > 0
+    if hull is not None:
+        r_hull = np.zeros(n_angles)
+        np.maximum.at(r_hull, bins[hull], r[hull])
+        intact &= (r_hull - r_mask) <= tolerance
+    if rebuilt is not None:
+        # The outermost pixel of each direction and the rebuilt outline's distance there.
+        b, rr = bins[mask], r[mask]
+        order = np.lexsort((rr, b))
+        last = np.r_[b[order][1:] != b[order][:-1], True]
+        depth = np.full(n_angles, -np.inf)
+        depth[b[order][last]] = rebuilt[mask][order][last]
+        intact &= depth >= -tolerance
     limit = np.where(intact, r_mask + 0.5 * max(spacing), np.inf)
     return r <= limit[bins]
 
@@ -187,15 +202,18 @@ def repair_cortical_breaches(
                 blend = ndi.shift(sn, _centroid(main[k]) - cn, order=1, mode="nearest")
         if blend is not None:
             # Calibrate on what is left of the outline: the part of the cross-section's edge that
-            # lies on its convex hull is intact cortex, and the rebuilt outline should pass through
-            # it. A constant offset of the signed distance grows or shrinks it so.
+            # lies on its convex hull is mostly intact cortex, and the rebuilt outline should pass
+            # through it. A constant offset of the signed distance grows or shrinks it so. The hull's
+            # edge also runs along the flat cut of a bite, far inside the rebuilt outline: the upper
+            # quartile, not the median, follows the intact part.
             hull = hulls.get(k)
             if hull is not None:
                 rim = main[k] & hull & ~ndi.binary_erosion(hull)
                 if rim.sum() >= 8:
-                    offset = float(np.clip(np.median(blend[rim]), -max_offset_mm, max_offset_mm))
+                    level = np.percentile(blend[rim], 75)
+                    offset = float(np.clip(level, -max_offset_mm, max_offset_mm))
                     blend = blend - np.float32(offset)
-            add |= (blend < 0) & _within_intact_outline(main[k], hulls.get(k), plane)
+            add |= (blend < 0) & _within_intact_outline(main[k], hulls.get(k), plane, blend)
         z = z0 + k
         if convex_range[0] <= z < convex_range[1] and k in hulls:
             add |= hulls[k]

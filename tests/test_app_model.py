@@ -60,9 +60,9 @@ def _cache_key() -> str:
 
 def train_tiny_model(destination: Path, work: Path) -> Path:
     """Train the tiny toy model (fold "all") and export it to ``destination``."""
-    from training.configurations import SMALL
-    from training.toy_dataset import write_toy_dataset
-    from training.train import train
+    from lesion_training.configurations import SMALL
+    from lesion_training.toy_dataset import write_toy_dataset
+    from lesion_training.train import train
 
     dataset = write_toy_dataset(work / "Dataset991_ToyFemurApp", num_cases=6, shape=_TOY_SHAPE, spacing=_TOY_SPACING)
     tiny = SMALL.replace(name="apptest", description="application tests: tiny toy model", patch_size=_TOY_SHAPE,

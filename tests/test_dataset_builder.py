@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from operators.errors import TrainingDataError
-from training.dataset_builder import (
+from lesion_training.dataset_builder import (
     SYNTHETIC_REFERENCE,
     BuildOptions,
     DatasetBuilder,
@@ -27,7 +27,7 @@ from training.dataset_builder import (
     split_train_test,
     stratified_patient_splits,
 )
-from training.raw_dataset import FILE_ENDING
+from lesion_training.raw_dataset import FILE_ENDING
 
 sitk = pytest.importorskip("SimpleITK")
 synthetic_ct = pytest.importorskip("synthetic_ct")
@@ -160,7 +160,7 @@ def test_train_test_split_is_by_patient_and_stratified():
 
 
 def test_patient_strata_use_lesion_volume():
-    from training.dataset_builder import CaseRecord
+    from lesion_training.dataset_builder import CaseRecord
 
     def case(patient: str, ml: float) -> CaseRecord:
         return CaseRecord(f"{patient}_left", patient, "left", [1, 1, 1], [1.0, 1.0, 1.0], int(ml * 1000), ml,
@@ -209,7 +209,7 @@ def test_flipped_and_permuted_reference_is_brought_onto_the_ct_grid(phantoms):
 
 
 def test_csv_build_with_nifti_references_reports_a_mismatched_grid(phantoms, tmp_path):
-    from training.cli import main
+    from lesion_training.cli import main
 
     rows = ["patient,ct,reference"]
     for patient in ("p1", "p3"):
@@ -288,7 +288,7 @@ def test_builder_refuses_an_existing_folder_and_a_bad_patient_key(tmp_path):
 
 
 def test_seed_ranges_parse():
-    from training.synthetic_cohort import parse_seeds
+    from lesion_training.synthetic_cohort import parse_seeds
 
     assert parse_seeds("1000-1003") == [1000, 1001, 1002, 1003]
     assert parse_seeds("5,7, 9-10") == [5, 7, 9, 10]
@@ -298,7 +298,7 @@ def test_seed_ranges_parse():
 
 
 def test_cohort_draws_are_reproducible_and_in_range():
-    from training import synthetic_cohort as cohort
+    from lesion_training import synthetic_cohort as cohort
 
     draws = [cohort.cohort_overrides(seed) for seed in range(1000, 1040)]
     assert draws == [cohort.cohort_overrides(seed) for seed in range(1000, 1040)]
@@ -316,7 +316,7 @@ def test_cohort_draws_are_reproducible_and_in_range():
 
 
 def test_headline_metrics_follow_the_nan_rule(tmp_path):
-    from training.shipped_model import headline_metrics
+    from lesion_training.shipped_model import headline_metrics
 
     (tmp_path / "per_case.csv").write_text(
         "case_id,dice,reference_volume_ml,test_volume_ml,cysts,cyst_called_tumour,cyst_voxel_fraction_called_lesion\n"

@@ -177,13 +177,13 @@ def test_invalid_settings_are_refused(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.toy_dataset import write_untrained_model
+    from lesion_training.toy_dataset import write_untrained_model
 
     return write_untrained_model(tmp_path_factory.mktemp("untrained") / "model")
 
 
 def _crop_for(orientation: str) -> hd.Volume:
-    from training.toy_dataset import toy_femur_crop
+    from lesion_training.toy_dataset import toy_femur_crop
 
     volume, _ = toy_femur_crop(shape=(40, 30, 28), seed=7)
     return volume.to_patient_orientation(orientation)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import main
+from lesion_training.cli import main
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from training.configurations import (
+from lesion_training.configurations import (
     PAPER,
     SCHEDULE_KEY,
     SMALL,

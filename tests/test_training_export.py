@@ -12,9 +12,9 @@ import torch
 
 from operators.errors import TrainingRunError
 from operators.lesion_model import LesionModel
-from training.export import export_model, results_folder
-from training.nnunet_workspace import NnUNetWorkspace
-from training.toy_dataset import UNTRAINED, toy_femur_crop, write_untrained_model
+from lesion_training.export import export_model, results_folder
+from lesion_training.nnunet_workspace import NnUNetWorkspace
+from lesion_training.toy_dataset import UNTRAINED, toy_femur_crop, write_untrained_model
 
 DATASET = "Dataset999_Toy"
 
@@ -48,7 +48,7 @@ def trained_workspace(untrained_model: Path, tmp_path: Path) -> NnUNetWorkspace:
 
 def test_export_keeps_only_what_inference_needs(trained_workspace: NnUNetWorkspace, tmp_path: Path) -> None:
     exported = export_model(trained_workspace, DATASET, UNTRAINED, folds=[0], output=tmp_path / "model",
-                            model_version="1.0.0", training_command="python -m training train ...")
+                            model_version="1.0.0", training_command="python -m lesion_training train ...")
     checkpoint = torch.load(exported.folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
     assert set(checkpoint) == {"network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes"}
     assert checkpoint["trainer_name"] == "nnUNetTrainer"
@@ -64,7 +64,7 @@ def test_export_keeps_only_what_inference_needs(trained_workspace: NnUNetWorkspa
     assert info["trainer"] == "nnUNetTrainerFemur"
     assert info["label_names"] == {"0": "background", "1": "lesion"}
     assert info["input"]["orientation"] == "HPL"
-    assert info["training"]["command"] == "python -m training train ..."
+    assert info["training"]["command"] == "python -m lesion_training train ..."
     assert info["validation"]["fold_dice"] == {"fold_0": 0.42}
     assert info == exported.model_json
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from operators.lesion_model import LesionModel, to_nnunet_input
-from training import configurations
-from training.cli import main
-from training.raw_dataset import patient_grouped_splits
-from training.toy_dataset import toy_femur_crop, write_toy_dataset
+from lesion_training import configurations
+from lesion_training.cli import main
+from lesion_training.raw_dataset import patient_grouped_splits
+from lesion_training.toy_dataset import toy_femur_crop, write_toy_dataset
 
 MAX_SMALL_MODEL_BYTES = 50 * 1024 * 1024
 

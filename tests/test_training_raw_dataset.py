@@ -11,14 +11,14 @@ import pytest
 
 from operators.errors import TrainingDataError
 from operators.lesion_model import to_nnunet_input
-from training.raw_dataset import (
+from lesion_training.raw_dataset import (
     CHANNEL_NAME,
     patient_grouped_splits,
     write_dataset_json,
     write_nnunet_case,
     write_splits,
 )
-from training.toy_dataset import toy_femur_crop
+from lesion_training.toy_dataset import toy_femur_crop
 
 
 @pytest.fixture

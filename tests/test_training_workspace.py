@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from training.configurations import SCHEDULE_KEY
-from training.nnunet_workspace import NnUNetWorkspace
+from lesion_training.configurations import SCHEDULE_KEY
+from lesion_training.nnunet_workspace import NnUNetWorkspace
 
 
 def test_workspace_lays_out_nnunets_folders(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_nnunet_finds_the_trainer_in_process_and_in_a_subprocess(tmp_path: Path)
     with workspace.activate():
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-        from training.trainers import nnUNetTrainerFemur
+        from lesion_training.trainers import nnUNetTrainerFemur
 
         assert recursive_find_trainer_class_by_name("nnUNetTrainerFemur") is nnUNetTrainerFemur
 
@@ -69,7 +69,7 @@ def test_nnunet_finds_the_trainer_in_process_and_in_a_subprocess(tmp_path: Path)
              "print(f('nnUNetTrainerFemur').__module__)")
     result = subprocess.run([sys.executable, "-c", probe], env=workspace.environment(training_device="cpu"),
                             cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.strip().splitlines()[-1] == "training.trainers"
+    assert result.stdout.strip().splitlines()[-1] == "lesion_training.trainers"
 
 
 def test_trainer_takes_its_schedule_from_the_plans(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_trainer_takes_its_schedule_from_the_plans(tmp_path: Path) -> None:
         "continue_training": False,
     }
     with workspace.activate():
-        from training.trainers import nnUNetTrainerFemur
+        from lesion_training.trainers import nnUNetTrainerFemur
 
         trainer = nnUNetTrainerFemur(plans, "3d_fullres", 0, {"labels": {"background": 0, "lesion": 1}},
                                      torch.device("cpu"))

@@ -3,20 +3,20 @@
 nnU-Net fixes the training schedule in the trainer class (1000 epochs of 250 iterations, 50 validation
 iterations) and offers shorter variants only by epoch count. Here the schedule is part of the plans
 configuration the model is trained with (key ``femur_training_schedule``, written by
-:func:`training.configurations.apply_configuration`), so one trainer serves the paper's GPU schedule
+:func:`lesion_training.configurations.apply_configuration`), so one trainer serves the paper's GPU schedule
 and the short CPU one, and a trained model's plans.json documents how it was trained. Everything else
 (network, loss, optimiser, learning-rate schedule, augmentation, validation) is nnU-Net's own.
 
 Finding the class
     nnU-Net looks trainers up by name. Training runs with ``nnUNet_extTrainer`` pointing at a workspace
-    folder that re-exports this module (see :mod:`training.nnunet_workspace`).
+    folder that re-exports this module (see :mod:`lesion_training.nnunet_workspace`).
 
 Loading trained models
     The trainer does not change how the network is built, so the slim export
-    (:mod:`training.export`) names ``nnUNetTrainer`` in its checkpoints: the shipped model loads in
+    (:mod:`lesion_training.export`) names ``nnUNetTrainer`` in its checkpoints: the shipped model loads in
     any nnunetv2 installation, without this package. Full checkpoints left in a workspace's
     ``nnUNet_results`` name ``nnUNetTrainerFemur`` and load where ``nnUNet_extTrainer`` is set as
-    :meth:`training.nnunet_workspace.NnUNetWorkspace.environment` sets it.
+    :meth:`lesion_training.nnunet_workspace.NnUNetWorkspace.environment` sets it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from training.configurations import SCHEDULE_KEY
+from lesion_training.configurations import SCHEDULE_KEY
 
 # Epochs averaged for the time-left estimate: recent enough to follow changes in machine load.
 _ETA_WINDOW = 5

@@ -6,13 +6,13 @@ Steps of :func:`train`:
    there) and check its dataset.json;
 2. extract nnU-Net's dataset fingerprint (with its dataset integrity check), let nnU-Net's
    ``ExperimentPlanner`` plan ``3d_fullres`` at the configuration's target spacing, edit the plans into
-   the configuration (:mod:`training.configurations`) and run nnU-Net's preprocessing;
+   the configuration (:mod:`lesion_training.configurations`) and run nnU-Net's preprocessing;
 3. optionally install a ``splits_final.json``;
 4. train each fold with ``nnunetv2.run.run_training`` in a subprocess (the trainer prints one progress
    line per epoch: losses, pseudo-Dice, time per epoch and time left), then nnU-Net's own validation;
 5. once every fold of the split is trained, run nnU-Net's ``find_best_configuration`` (cross-validation
    Dice over the whole dataset and the post-processing decision);
-6. export the slim model folder (:mod:`training.export`).
+6. export the slim model folder (:mod:`lesion_training.export`).
 
 Planning, preprocessing and evaluation run in this process with the workspace's variables set; each
 fold trains in a fresh interpreter, as ``nnUNetv2_train`` would, so that nnU-Net reads its
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from operators.errors import TrainingDataError, TrainingRunError
-from training.configurations import (
+from lesion_training.configurations import (
     NNUNET_CONFIGURATION,
     TRAINER_NAME,
     TrainingConfiguration,
@@ -40,9 +40,9 @@ from training.configurations import (
     get_configuration,
     target_spacing,
 )
-from training.export import ExportedModel, export_model, results_folder
-from training.nnunet_workspace import NnUNetWorkspace
-from training.raw_dataset import write_splits
+from lesion_training.export import ExportedModel, export_model, results_folder
+from lesion_training.nnunet_workspace import NnUNetWorkspace
+from lesion_training.raw_dataset import write_splits
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def plan_configuration(
 ) -> dict:
     """Fingerprint the dataset, plan it with nnU-Net's ``ExperimentPlanner`` and apply the configuration.
 
-    The planner runs at the configuration's target spacing (:func:`training.configurations.target_spacing`
+    The planner runs at the configuration's target spacing (:func:`lesion_training.configurations.target_spacing`
     of nnU-Net's own choice), so that nnU-Net derives everything that depends on spacing itself.
 
     Returns

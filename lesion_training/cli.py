@@ -1,32 +1,32 @@
-"""Command line of the training pipeline: ``python -m training build-dataset|synthetic-dataset|train|export ...``.
+"""Command line of the training pipeline: ``python -m lesion_training build-dataset|synthetic-dataset|train|export ...``.
 
 Examples
 --------
 Build an nnU-Net dataset (one case per femur) from CT studies and lesion references, listed in a CSV
 with columns ``patient,ct,reference`` (a DICOM folder or NIfTI/NRRD CT; a label volume or DICOM-SEG)::
 
-    python -m training build-dataset --cases cases.csv --out ~/femur-nnunet/nnUNet_raw \
+    python -m lesion_training build-dataset --cases cases.csv --out ~/femur-nnunet/nnUNet_raw \
         --name Dataset501_FemurLesion --cysts separate --test-fraction 0.2
 
 A synthetic cohort, generated in memory and built the same way::
 
-    python -m training synthetic-dataset --seeds 1000-1039 --out ~/femur-nnunet/nnUNet_raw \
+    python -m lesion_training synthetic-dataset --seeds 1000-1039 --out ~/femur-nnunet/nnUNet_raw \
         --name Dataset601_SyntheticFemurLesion --workers 2
 
 Train the CPU configuration on fold 0 and export the model::
 
-    python -m training train --dataset /data/Dataset501_FemurLesion --config small --folds 0 \\
+    python -m lesion_training train --dataset /data/Dataset501_FemurLesion --config small --folds 0 \\
         --device cpu --workspace ~/femur-nnunet
 
 The paper's five-fold cross-validation on a GPU, with folds grouped by patient::
 
-    python -m training train --dataset 501 --config paper --folds 0 1 2 3 4 --device cuda \\
+    python -m lesion_training train --dataset 501 --config paper --folds 0 1 2 3 4 --device cuda \\
         --workspace ~/femur-nnunet --splits splits_by_patient.json
 
 Check an installation end to end on a toy dataset (a few minutes on a laptop)::
 
-    python -m training toy --output toy/Dataset999_Toy
-    python -m training train --dataset toy/Dataset999_Toy --config small --folds 0 --workspace toy/ws
+    python -m lesion_training toy --output toy/Dataset999_Toy
+    python -m lesion_training train --dataset toy/Dataset999_Toy --config small --folds 0 --workspace toy/ws
 
 Problems with the input print one line and exit non-zero; ``--verbose`` adds the traceback.
 """
@@ -42,18 +42,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from operators.errors import FemurSegError
-from training.configurations import CONFIGURATIONS, get_configuration
+from lesion_training.configurations import CONFIGURATIONS, get_configuration
 
 if TYPE_CHECKING:
-    from training.dataset_builder import BuiltDataset
+    from lesion_training.dataset_builder import BuiltDataset
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m training``."""
+    """The argument parser of ``python -m lesion_training``."""
     parser = argparse.ArgumentParser(
-        prog="python -m training",
+        prog="python -m lesion_training",
         description="Train, evaluate and export nnU-Net models of lytic lesions in femur-only CT crops.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.train import train
+    from lesion_training.train import train
 
     configuration = get_configuration(args.config)
     if args.epochs is not None:
@@ -176,9 +176,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import export_model
-    from training.nnunet_workspace import NnUNetWorkspace
-    from training.train import normalise_folds, resolve_dataset
+    from lesion_training.export import export_model
+    from lesion_training.nnunet_workspace import NnUNetWorkspace
+    from lesion_training.train import normalise_folds, resolve_dataset
 
     workspace = NnUNetWorkspace(args.workspace)
     dataset_name = resolve_dataset(workspace, args.dataset)
@@ -191,7 +191,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _build_dataset(args: argparse.Namespace) -> int:
-    from training.dataset_builder import BuildOptions, ReferenceValues, build_from_csv
+    from lesion_training.dataset_builder import BuildOptions, ReferenceValues, build_from_csv
 
     references = ReferenceValues(
         lesion_values=tuple(args.lesion_values), cyst_values=tuple(args.cyst_values),
@@ -204,7 +204,7 @@ def _build_dataset(args: argparse.Namespace) -> int:
 
 
 def _synthetic_dataset(args: argparse.Namespace) -> int:
-    from training.synthetic_cohort import build_synthetic_dataset, parse_seeds
+    from lesion_training.synthetic_cohort import build_synthetic_dataset, parse_seeds
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
@@ -223,7 +223,7 @@ def _print_dataset(dataset: BuiltDataset) -> int:
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from training.toy_dataset import write_toy_dataset
+    from lesion_training.toy_dataset import write_toy_dataset
 
     if args.cases < 5:
         raise ValueError("a toy dataset needs at least 5 cases for nnU-Net's 5-fold split")
@@ -236,7 +236,7 @@ def _toy(args: argparse.Namespace) -> int:
 def _recorded_command(args: argparse.Namespace) -> str:
     # What model.json records: the dataset by name and no local paths, so that it can be published.
     dataset = Path(str(args.dataset)).name
-    parts = ["python", "-m", "training", "train", "--dataset", dataset, "--config", args.config,
+    parts = ["python", "-m", "lesion_training", "train", "--dataset", dataset, "--config", args.config,
              "--folds", *map(str, args.folds), "--device", args.device, "--workspace", "WORKSPACE"]
     if args.splits is not None:
         parts += ["--splits", args.splits.name]

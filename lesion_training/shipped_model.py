@@ -1,17 +1,17 @@
-"""Reproduce the shipped demonstration model in ``model/`` from scratch: ``python -m training.shipped_model``.
+"""Reproduce the shipped demonstration model in ``model/`` from scratch: ``python -m lesion_training.shipped_model``.
 
 Steps (each logged with its duration; a step whose output exists is reused with ``--resume``):
 
 1. **cohort**: synthetic patients (seeds 1000-1039, used nowhere else) generated in memory and built
-   into ``Dataset601_SyntheticFemurLesion`` by :func:`training.synthetic_cohort.build_synthetic_dataset`
+   into ``Dataset601_SyntheticFemurLesion`` by :func:`lesion_training.synthetic_cohort.build_synthetic_dataset`
    (femur crops from the application's splitter, lesions as 1, cysts as 2);
 2. **training**: nnU-Net ``3d_fullres`` with the ``small`` configuration (optionally fewer epochs,
    ``--epochs``), nnU-Net fold ``all``: one model trained on every training case, no cross-validation.
-   nnU-Net's planning and preprocessing run as in :func:`training.train.train`; the fold is trained by
-   nnU-Net's own trainer (:class:`training.trainers.nnUNetTrainerFemur`) in a fresh interpreter, but
+   nnU-Net's planning and preprocessing run as in :func:`lesion_training.train.train`; the fold is trained by
+   nnU-Net's own trainer (:class:`lesion_training.trainers.nnUNetTrainerFemur`) in a fresh interpreter, but
    without nnU-Net's final "validation", which for fold ``all`` only predicts the training cases again
    (tens of CPU minutes for a number that says nothing about generalisation);
-3. **export**: the slim model folder (:func:`training.export.export_model`: weights only, model.json);
+3. **export**: the slim model folder (:func:`lesion_training.export.export_model`: weights only, model.json);
 4. **evaluation**: held-out ``standard`` synthetic studies (seeds 2000-2009) go through the
    application's path — :func:`operators.femur_splitter.split_femurs`, then
    :class:`operators.lesion_model.LesionModel` on each femur crop — and the per-femur predictions are
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from operators.errors import FemurSegError, TrainingRunError
-from training.configurations import (
+from lesion_training.configurations import (
     CONFIGURATIONS,
     NNUNET_CONFIGURATION,
     TRAINER_NAME,
@@ -91,8 +91,8 @@ FIT_COMMAND = "_fit-fold-all"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m training.shipped_model``."""
-    parser = argparse.ArgumentParser(prog="python -m training.shipped_model", description=__doc__.splitlines()[0])
+    """Arguments of ``python -m lesion_training.shipped_model``."""
+    parser = argparse.ArgumentParser(prog="python -m lesion_training.shipped_model", description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE,
                         help="scratch folder (default: %(default)s)")
     parser.add_argument("--model-folder", type=Path, default=DEFAULT_MODEL_FOLDER,
@@ -141,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(settings: Settings, *, command: str) -> None:
     """Run the selected steps of the recipe."""
-    from training.nnunet_workspace import NnUNetWorkspace
-    from training.synthetic_cohort import build_synthetic_dataset, parse_seeds
+    from lesion_training.nnunet_workspace import NnUNetWorkspace
+    from lesion_training.synthetic_cohort import build_synthetic_dataset, parse_seeds
 
     workspace = NnUNetWorkspace(settings.workspace)
     timings_file = settings.workspace / "timings.json"
@@ -172,7 +172,7 @@ def run(settings: Settings, *, command: str) -> None:
         train_fold_all(workspace, settings.configuration, resume=settings.resume)
         timed("train", time.monotonic() - t0)
     if "export" in settings.steps:
-        from training.export import export_model
+        from lesion_training.export import export_model
 
         exported = export_model(
             workspace, DATASET_NAME, settings.configuration, folds=("all",), output=settings.model_folder,
@@ -194,11 +194,11 @@ def run(settings: Settings, *, command: str) -> None:
 def train_fold_all(workspace: Any, configuration: TrainingConfiguration, *, resume: bool = False) -> Path:
     """Plan, preprocess and train nnU-Net fold ``all`` on the cohort; returns the fold's folder.
 
-    Planning and preprocessing are :func:`training.train.plan_and_preprocess`; the fold trains in a
+    Planning and preprocessing are :func:`lesion_training.train.plan_and_preprocess`; the fold trains in a
     subprocess running :func:`_fit_fold_all` (nnU-Net's trainer, its progress lines on stdout).
     """
-    from training.export import results_folder
-    from training.train import plan_and_preprocess, resolve_dataset
+    from lesion_training.export import results_folder
+    from lesion_training.train import plan_and_preprocess, resolve_dataset
 
     processes = max(1, min(8, os.cpu_count() or 1))
     name = resolve_dataset(workspace, DATASET_NAME)
@@ -207,7 +207,7 @@ def train_fold_all(workspace: Any, configuration: TrainingConfiguration, *, resu
         logger.info("fold all already trained: %s", fold_folder)
         return fold_folder
     plan_and_preprocess(workspace, name, configuration, num_processes=processes)
-    command = [sys.executable, "-m", "training.shipped_model", FIT_COMMAND, name, configuration.plans_identifier]
+    command = [sys.executable, "-m", "lesion_training.shipped_model", FIT_COMMAND, name, configuration.plans_identifier]
     if resume and (fold_folder / "checkpoint_latest.pth").is_file():
         command.append("--continue")
     environment = workspace.environment(training_device="cpu", worker_processes=processes)
@@ -317,7 +317,7 @@ def evaluate_model(model_folder: Path, seeds: Sequence[int], out: Path, *, mirro
     from evaluation.cli import main as evaluation_main
     from evaluation.label_io import write_label_volume
     from operators.lesion_model import LesionModel
-    from training.dataset_builder import read_volume_file
+    from lesion_training.dataset_builder import read_volume_file
 
     studies = prepare_evaluation_studies(seeds, out)
     pred_dir, report_dir = out / "predictions", out / "report"
@@ -484,7 +484,7 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         "## Training data",
         "",
         f"- {training.get('num_training_cases')} femur cases from the synthetic patients with seeds "
-        f"{settings.training_seeds} (`python -m training synthetic-dataset`), generated in memory and built by the "
+        f"{settings.training_seeds} (`python -m lesion_training synthetic-dataset`), generated in memory and built by the "
         "same dataset builder as real studies: femurs cut out by the application's splitter, reference lesions and "
         "cysts cut with the crop box and restricted to the femur mask (clipped voxels are counted in "
         "`dataset_report.md`). Seeds 1000-1039 are used nowhere else in the project.",
@@ -592,7 +592,7 @@ def _cohort_lines(report: dict[str, Any] | None) -> list[str]:
 
 
 def _recorded_command(args: argparse.Namespace) -> str:
-    parts = ["python", "-m", "training.shipped_model", "--workers", str(args.workers)]
+    parts = ["python", "-m", "lesion_training.shipped_model", "--workers", str(args.workers)]
     if args.epochs is not None:
         parts += ["--epochs", str(args.epochs)]
     if not args.mirroring:
@@ -624,7 +624,7 @@ def _round(value: float) -> float:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from training.raw_dataset import _atomic_write_text
+    from lesion_training.raw_dataset import _atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(path, text)

@@ -44,7 +44,7 @@ import numpy as np
 
 from operators.errors import FemurSegError, TrainingDataError
 from operators.femur_splitter import FemurCrop, SplitterConfig, split_femurs
-from training.raw_dataset import (
+from lesion_training.raw_dataset import (
     FILE_ENDING,
     _atomic_write_text,
     write_dataset_json,
@@ -591,7 +591,7 @@ def stratified_patient_splits(
     Returns
     -------
     list of dict
-        ``[{"train": [...], "val": [...]}, ...]`` as :func:`training.raw_dataset.write_splits` takes.
+        ``[{"train": [...], "val": [...]}, ...]`` as :func:`lesion_training.raw_dataset.write_splits` takes.
     """
     patients = sorted(cases_by_patient)
     if n_folds < 2 or n_folds > len(patients):
@@ -739,7 +739,7 @@ class DatasetBuilder:
                                         "one case per femur; lytic lesions"
                                         + (" and cysts" if self.options.cysts == "separate" else "")),
             license=license, numTest=len(testing), cysts=self.options.cysts,
-            **{"converted_by": "training.dataset_builder", **dict(extra or {})},
+            **{"converted_by": "lesion_training.dataset_builder", **dict(extra or {})},
         )
         self._write_reports(cases, splits, test_fraction)
         os.replace(self.staging, self.folder)

@@ -1,7 +1,7 @@
 """A synthetic training cohort: phantoms generated in memory and fed through the dataset builder.
 
 Each seed gives one patient ``syn<seed>``: :func:`synthetic_ct.generate_phantom` makes a lower-body CT
-and its label map in memory (nothing is written as DICOM), and :func:`training.dataset_builder.process_study`
+and its label map in memory (nothing is written as DICOM), and :func:`lesion_training.dataset_builder.process_study`
 turns it into femur cases exactly as it does for real studies: the femurs are cut out by the
 application's splitter (not taken from the phantom's true femur masks), so training sees the crops
 inference will see, and the lesion (3) and cyst (4) labels are cut and restricted the same way.
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from training.dataset_builder import (
+from lesion_training.dataset_builder import (
     SYNTHETIC_REFERENCE,
     BuildOptions,
     BuiltDataset,
@@ -111,7 +111,7 @@ def cohort_overrides(seed: int) -> dict[str, Any]:
 def synthetic_study(seed: int, raw_dir: str | Path, options: BuildOptions, preset: str = "standard") -> StudyRecord:
     """Generate patient ``seed`` in memory and write its femur cases into ``raw_dir`` (a builder's staging).
 
-    Returns the :class:`~training.dataset_builder.StudyRecord`, with the overrides in ``source``.
+    Returns the :class:`~lesion_training.dataset_builder.StudyRecord`, with the overrides in ``source``.
     """
     from synthetic_ct import generate_phantom
 

@@ -10,7 +10,7 @@ as passed to the subprocesses that run its commands. A workspace keeps the three
     <root>/nnUNet_trainers/                       makes this project's trainers visible to nnU-Net
     <root>/export/                                slim model folders ready to ship
 
-The project's trainer classes live in :mod:`training.trainers`. nnU-Net finds trainers by class name,
+The project's trainer classes live in :mod:`lesion_training.trainers`. nnU-Net finds trainers by class name,
 in its own package or in the folders listed in ``nnUNet_extTrainer``; the workspace's
 ``nnUNet_trainers/`` folder holds a one-line module that re-exports them, so the nnU-Net commands
 (``nnUNetv2_train -tr nnUNetTrainerFemur ...``) work from a shell with :meth:`NnUNetWorkspace.environment`
@@ -41,9 +41,9 @@ DEF_N_PROC = "nnUNet_def_n_proc"
 
 _TRAINER_SHIM = '''"""Makes the femur lesion project's nnU-Net trainers visible to nnU-Net (nnUNet_extTrainer).
 
-Written by training.nnunet_workspace; the classes live in training.trainers.
+Written by lesion_training.nnunet_workspace; the classes live in lesion_training.trainers.
 """
-from training.trainers import nnUNetTrainerFemur  # noqa: F401
+from lesion_training.trainers import nnUNetTrainerFemur  # noqa: F401
 '''
 _TRAINER_SHIM_MODULE = "femur_trainers.py"
 
@@ -148,7 +148,7 @@ class NnUNetWorkspace:
         -------
         dict
             ``base`` plus the nnU-Net variables, and this project on ``PYTHONPATH`` so that the trainer
-            re-export in ``nnUNet_trainers/`` can import :mod:`training.trainers`.
+            re-export in ``nnUNet_trainers/`` can import :mod:`lesion_training.trainers`.
         """
         env = dict(os.environ if base is None else base)
         env.update(self.nnunet_variables(training_device=training_device, worker_processes=worker_processes))

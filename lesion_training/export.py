@@ -31,8 +31,8 @@ from typing import Any
 
 from operators.errors import TrainingRunError
 from operators.lesion_model import CANONICAL_ORIENTATION, MODEL_INFO_FILE
-from training.configurations import NNUNET_CONFIGURATION, SCHEDULE_KEY, TRAINER_NAME, TrainingConfiguration
-from training.nnunet_workspace import NnUNetWorkspace
+from lesion_training.configurations import NNUNET_CONFIGURATION, SCHEDULE_KEY, TRAINER_NAME, TrainingConfiguration
+from lesion_training.nnunet_workspace import NnUNetWorkspace
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def export_model(
 def _check_trainer_builds_default_network() -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from training.trainers import nnUNetTrainerFemur
+    from lesion_training.trainers import nnUNetTrainerFemur
 
     # Renaming the trainer in the checkpoint is only sound while the network is built the same way.
     if nnUNetTrainerFemur.build_network_architecture is not nnUNetTrainer.build_network_architecture:

@@ -3,7 +3,7 @@
 Each case is a femur-only-like crop: a bone cylinder along the patient's z axis (cortex ~1200 HU,
 marrow ~300 HU, noise), 0 outside, and in most cases a darker ellipsoid (~30 HU) in the marrow as the
 "lytic lesion". Nothing about real anatomy is learnt from it; a model trained on it only shows that
-planning, preprocessing, training, export and inference fit together (``python -m training toy``).
+planning, preprocessing, training, export and inference fit together (``python -m lesion_training toy``).
 :func:`write_untrained_model` writes a model folder with random weights for testing what consumes
 model folders, without training.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 
-from training.configurations import SMALL, TrainingConfiguration
-from training.raw_dataset import write_dataset_json, write_nnunet_case
+from lesion_training.configurations import SMALL, TrainingConfiguration
+from lesion_training.raw_dataset import write_dataset_json, write_nnunet_case
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +147,9 @@ def write_untrained_model(
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from training.configurations import NNUNET_CONFIGURATION
-    from training.nnunet_workspace import NnUNetWorkspace
-    from training.train import plan_configuration
+    from lesion_training.configurations import NNUNET_CONFIGURATION
+    from lesion_training.nnunet_workspace import NnUNetWorkspace
+    from lesion_training.train import plan_configuration
 
     configuration = configuration or UNTRAINED
     folder = Path(folder)

@@ -62,7 +62,7 @@ Intensity normalisation, both configurations
     name their channel ``femur_CT_zscore`` so that re-planning by hand does not pick ``CT``.
 
 Schedules are written into the plans (``femur_training_schedule``) and read by
-:class:`training.trainers.nnUNetTrainerFemur`.
+:class:`lesion_training.trainers.nnUNetTrainerFemur`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ logger = logging.getLogger(__name__)
 NNUNET_CONFIGURATION = "3d_fullres"
 #: Key of the training schedule inside a plans configuration (read by the trainer).
 SCHEDULE_KEY = "femur_training_schedule"
-#: Trainer class (``training.trainers``) that reads the schedule.
+#: Trainer class (``lesion_training.trainers``) that reads the schedule.
 TRAINER_NAME = "nnUNetTrainerFemur"
 
 # nnU-Net planner constants reused unchanged (ExperimentPlanner: UNet_featuremap_min_edge_length,

@@ -1,0 +1,68 @@
+"""The classical femur segmenter on synthetic studies: sides, overlap with the truth, lesions kept.
+
+The generator's ``femur_mask(side)`` is the full femur including its lesions, cysts and implant:
+what the splitter should cut out. Small-preset studies (2.4-3 mm pixels, 3 mm slices) keep these
+tests fast; at that resolution one voxel layer is ~10% of the femur's volume, so the Dice floors
+here (0.9) are regression guards, not the product's target (>= 0.97 on ``standard`` studies).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operators.femur_splitter import split_femurs
+from synthetic_ct import generate_phantom
+
+SYNTHETIC_LESION = 3
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module", params=["HFS", "FFS"])
+def split_study(request):
+    phantom = generate_phantom(2, "small", patient_position=request.param)
+    return phantom, split_femurs(phantom.ct)
+
+
+def test_both_femurs_are_found_on_their_own_side(split_study):
+    phantom, split = split_study
+    assert set(split.femurs) == {"left", "right"}
+    for side, other in (("left", "right"), ("right", "left")):
+        mask = split.femurs[side].full_mask()
+        assert _dice(mask, phantom.femur_mask(side)) > 0.9, side
+        assert (mask & phantom.femur_mask(other)).sum() == 0, f"{side} femur reaches into the {other}"
+
+
+def test_lesions_inside_the_femur_stay_inside_its_mask(split_study):
+    phantom, split = split_study
+    labels = np.asarray(phantom.labels.array)
+    for side in ("left", "right"):
+        lesion = (labels == SYNTHETIC_LESION) & phantom.femur_mask(side)
+        if lesion.any():
+            kept = (split.femurs[side].full_mask() & lesion).sum() / lesion.sum()
+            assert kept > 0.9, side
+
+
+def test_the_femur_only_volume_holds_the_ct_inside_the_mask_and_zero_outside(split_study):
+    phantom, split = split_study
+    ct = np.asarray(phantom.ct.array)
+    for crop in split.femurs.values():
+        values = np.asarray(crop.femur_only.array)
+        inside = crop.mask
+        region = ct[crop.bbox]
+        assert values.shape == region.shape == inside.shape
+        assert np.all(values[~inside] == 0.0)
+        # Femur voxels keep their HU; only an exact 0 HU is nudged, so that 0 still means "outside".
+        np.testing.assert_allclose(values[inside], region[inside], atol=1.0)
+        assert np.all(values[inside] != 0.0)
+        np.testing.assert_allclose(crop.femur_only.affine[:3, :3], phantom.ct.affine[:3, :3])
+
+
+def test_a_one_femur_study_yields_that_femur_only():
+    phantom = generate_phantom(2, "small", femurs_in_view=("right",))
+    split = split_femurs(phantom.ct)
+    assert set(split.femurs) == {"right"}
+    assert _dice(split.femurs["right"].full_mask(), phantom.femur_mask("right")) > 0.9

@@ -1,0 +1,181 @@
+"""The building blocks of the classical femur segmenter on hand-made geometry with known answers.
+
+Canonical arrays as the segmenter uses them: axis 0 towards the head, axis 1 posterior, axis 2 the
+patient's left; positions in mm are ``index * spacing``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operators.femur_breach import repair_cortical_breaches
+from operators.femur_classical import block_mean
+from operators.femur_hip import fit_head_sphere, head_candidates, sphere_markers
+from operators.femur_shafts import ShaftCriteria, choose_femur_tracks, find_shaft_tracks
+
+
+# ------------------------------------------------------------------------------------------------
+# Shaft runs
+# ------------------------------------------------------------------------------------------------
+
+
+def _disc(shape, centre, radius_mm, spacing):
+    y, x = np.ogrid[: shape[0], : shape[1]]
+    return ((y * spacing - centre[0]) ** 2 + (x * spacing - centre[1]) ** 2) <= radius_mm**2
+
+
+def _legs(n_slices=60, spacing=(2.0, 2.0, 2.0), fibula_slices=range(0), vessel=True):
+    """Filled bone mask and image of two vertical shafts 180 mm apart (plus optional extras)."""
+    shape = (n_slices, 100, 160)
+    bone = np.zeros(shape, dtype=bool)
+    image = np.full(shape, 40.0, dtype=np.float32)
+    for z in range(n_slices):
+        for cx in (70.0, 250.0):
+            d = _disc(shape[1:], (100.0, cx), 14.0, spacing[1])
+            bone[z] |= d
+            image[z][d] = 1500.0
+        if vessel:  # a contrast-filled artery 20 mm from the right shaft: must not disqualify it
+            v = _disc(shape[1:], (100.0, 70.0 + 34.0), 4.0, spacing[1])
+            bone[z] |= v
+            image[z][v] = 350.0
+        if z in fibula_slices:  # a dense small bone next to the left shaft: not a femur there
+            f = _disc(shape[1:], (120.0, 250.0 + 28.0), 7.0, spacing[1])
+            bone[z] |= f
+            image[z][f] = 1200.0
+    return bone, image, spacing
+
+
+def test_two_shafts_are_found_despite_a_nearby_contrast_vessel():
+    bone, image, spacing = _legs()
+    _, tracks = find_shaft_tracks(bone, image, spacing, criteria=ShaftCriteria(), midline_mm=160.0)
+    tracks = choose_femur_tracks(tracks, spacing[0])
+    assert len(tracks) == 2
+    assert sorted(round(t.mean_centre_mm[1]) for t in tracks) == [70, 250]
+    assert all(t.slices[0] == 0 and t.slices[-1] == 59 for t in tracks)
+
+
+def test_a_bone_beside_the_shaft_disqualifies_those_slices():
+    bone, image, spacing = _legs(fibula_slices=range(0, 60), vessel=False)
+    _, tracks = find_shaft_tracks(bone, image, spacing, criteria=ShaftCriteria(), midline_mm=160.0)
+    assert [round(t.mean_centre_mm[1]) for t in tracks] == [70]
+
+
+def test_bone_on_the_midline_marks_a_slice_as_not_thigh():
+    bone, image, spacing = _legs(vessel=False)
+    for z in range(bone.shape[0]):  # a vertebra-like bone on the midline in every slice
+        d = _disc(bone.shape[1:], (150.0, 160.0), 15.0, spacing[1])
+        bone[z] |= d
+        image[z][d] = 1300.0
+    _, tracks = find_shaft_tracks(bone, image, spacing, criteria=ShaftCriteria(), midline_mm=160.0)
+    assert tracks == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Femoral head in its cup
+# ------------------------------------------------------------------------------------------------
+
+HEAD_CENTRE = np.array([60.0, 50.0, 55.0])  # mm
+HEAD_RADIUS = 22.0
+GAP = 2.5
+
+
+def _hip(spacing=1.0, noise=15.0, seed=3):
+    """Ball (cortex 1.5 mm) with a neck running down and to patient-right, in a cup covering the
+    upper-left hemisphere (medial = +L for this right-side ball), a 2.5 mm cartilage gap between."""
+    shape = tuple(int(v / spacing) for v in (120.0, 100.0, 110.0))
+    z, y, x = np.meshgrid(*[np.arange(n) * spacing for n in shape], indexing="ij")
+    d = np.stack([z - HEAD_CENTRE[0], y - HEAD_CENTRE[1], x - HEAD_CENTRE[2]])
+    r = np.sqrt((d**2).sum(axis=0))
+    image = np.full(shape, 40.0, dtype=np.float32)
+    neck_dir = np.array([-0.64, 0.0, -0.77])
+    t = np.tensordot(neck_dir, d, axes=1)
+    radial = np.sqrt(np.maximum(r**2 - t**2, 0.0))
+    neck = (t > 0) & (t < 70.0) & (radial < 15.0)
+    image[neck] = 1200.0
+    image[neck & (radial < 13.5)] = 300.0
+    cup_axis = np.array([0.64, 0.0, 0.77])
+    in_cup_dirs = np.tensordot(cup_axis, d, axes=1) > 0.05 * r
+    image[in_cup_dirs & (r >= HEAD_RADIUS + GAP) & (r < HEAD_RADIUS + GAP + 1.5)] = 1200.0
+    image[in_cup_dirs & (r >= HEAD_RADIUS + GAP + 1.5) & (r < HEAD_RADIUS + GAP + 12.0)] = 320.0
+    image[r < HEAD_RADIUS] = 1200.0
+    image[r < HEAD_RADIUS - 1.5] = 350.0
+    image[in_cup_dirs & (r >= HEAD_RADIUS) & (r < HEAD_RADIUS + GAP)] = 100.0
+    image += np.random.default_rng(seed).normal(0.0, noise, size=shape).astype(np.float32)
+    return image, (spacing, spacing, spacing)
+
+
+def test_the_head_is_found_and_fitted_to_its_sphere():
+    image, spacing = _hip()
+    coarse = block_mean(image, (2, 2, 2))
+    cspacing = (2.0, 2.0, 2.0)
+    shaft_top = np.array([10.0, 50.0, 20.0])
+    candidates = head_candidates(
+        coarse, cspacing, shaft_top_mm=shaft_top, shaft_direction=np.array([1.0, 0.0, 0.0]),
+        medial=np.array([0.0, 0.0, 1.0]),
+    )
+    assert candidates
+    # Coarse voxel k covers full voxels 2k, 2k+1: its centre lies half a full voxel further.
+    best = min(candidates, key=lambda c: np.linalg.norm(c + 0.5 - HEAD_CENTRE))
+    assert np.linalg.norm(best + 0.5 - HEAD_CENTRE) < 4.0
+    sphere = fit_head_sphere(image, spacing, candidates[0] + 0.5, np.array([-0.64, 0.0, -0.77]))
+    assert sphere is not None
+    assert np.linalg.norm(sphere.centre_mm - HEAD_CENTRE) < 1.5
+    assert sphere.head_radius_mm == pytest.approx(HEAD_RADIUS, abs=1.0)
+    assert HEAD_RADIUS < sphere.cup_radius_mm <= HEAD_RADIUS + GAP + 1.5
+
+    femur, pelvis = sphere_markers(image.shape, (0, 0, 0), spacing, sphere, head_margin_mm=2.0, cup_margin_mm=1.0)
+    z, y, x = np.nonzero(pelvis)
+    d = np.stack([z, y, x], axis=1) * 1.0 - HEAD_CENTRE
+    # Pelvis seeds only beyond the gap and on the cup's side; femur seeds only inside the head.
+    assert np.all(np.linalg.norm(d, axis=1) > HEAD_RADIUS + GAP)
+    assert np.all(d @ np.array([0.64, 0.0, 0.77]) > -2.0)
+    zf, yf, xf = np.nonzero(femur)
+    assert np.all(np.linalg.norm(np.stack([zf, yf, xf], 1) - HEAD_CENTRE, axis=1) < HEAD_RADIUS)
+
+
+def test_a_ball_without_a_socket_is_not_a_hip():
+    image, spacing = _hip(noise=0.0)
+    z, y, x = np.meshgrid(*[np.arange(n) * 1.0 for n in image.shape], indexing="ij")
+    r = np.sqrt((z - HEAD_CENTRE[0]) ** 2 + (y - HEAD_CENTRE[1]) ** 2 + (x - HEAD_CENTRE[2]) ** 2)
+    image[(r >= HEAD_RADIUS) & (r < HEAD_RADIUS + GAP + 12.0) & (image != 300.0)] = 40.0  # no cup
+    sphere = fit_head_sphere(image, spacing, HEAD_CENTRE, np.array([-0.64, 0.0, -0.77]))
+    assert sphere is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Cortical breaches
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_breached_shaft_cross_section_is_rebuilt_within_the_true_outline():
+    spacing = (1.0, 0.8, 0.8)
+    shape = (80, 60, 60)
+    truth = np.zeros(shape, dtype=bool)
+    for z in range(shape[0]):
+        truth[z] = _disc(shape[1:], (24.0 + 0.1 * z, 24.0), 13.0, 0.8)  # a slightly slanted shaft
+    femur = truth.copy()
+    # A lesion has destroyed the anterior half over 25 mm: what is left is a crescent.
+    yy = np.arange(shape[1])[:, None] * 0.8
+    for z in range(30, 55):
+        femur[z] &= yy > 24.0 + 0.1 * z + 2.0
+    repaired = repair_cortical_breaches(femur, spacing=spacing, z_range=(0, 80), convex_range=(0, 80))
+
+    lost = truth & ~femur
+    restored = (repaired & lost).sum() / lost.sum()
+    assert restored > 0.95
+    # Nothing is added more than a voxel outside the true outline.
+    from scipy import ndimage as ndi
+
+    outside = repaired & ~ndi.binary_dilation(truth, iterations=1)
+    assert outside.sum() == 0
+    np.testing.assert_array_equal(repaired[:30], femur[:30])
+
+
+def test_intact_cross_sections_are_left_alone():
+    spacing = (1.0, 0.8, 0.8)
+    femur = np.zeros((40, 50, 50), dtype=bool)
+    for z in range(40):
+        femur[z] = _disc((50, 50), (20.0, 20.0), 12.0, 0.8)
+    repaired = repair_cortical_breaches(femur, spacing=spacing, z_range=(0, 40), convex_range=(0, 40))
+    np.testing.assert_array_equal(repaired, femur)
