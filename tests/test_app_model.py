@@ -28,8 +28,8 @@ SHIPPED_MODEL_FOLDER = REPO_ROOT / "model"
 _TOY_SHAPE = (64, 48, 48)
 _TOY_SPACING = (3.0, 2.5, 2.5)
 _TINY_SCHEDULE = dict(num_epochs=2, iterations_per_epoch=4, val_iterations_per_epoch=1)
-_CACHE_CODE = ("training/configurations.py", "training/export.py", "training/raw_dataset.py",
-               "training/toy_dataset.py", "training/train.py", "training/trainers.py", "operators/lesion_model.py")
+_CACHE_CODE = ("lesion_training/configurations.py", "lesion_training/export.py", "lesion_training/raw_dataset.py",
+               "lesion_training/toy_dataset.py", "lesion_training/train.py", "lesion_training/trainers.py", "operators/lesion_model.py")
 
 _memo: dict[str, Path] = {}
 
