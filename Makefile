@@ -2,6 +2,7 @@
 #   make demo   generate a synthetic lower-body CT study and run the input pipeline on it
 #   make test   the whole test suite (what CI runs)
 #   make bench  timings of the input pipeline on a standard study
+#   make map    the MONAI Application Package (MAP) image, with the model in model/
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -26,13 +27,14 @@ QUIET_PIP = 2>&1 | { grep -v '^WARNING: Location' || true; }; test $${PIPESTATUS
 # Debian packages the tests use: dciodvfy (independent DICOM validator) and dcmtk.
 SYSTEM_PACKAGES := dicom3tools dcmtk
 
-.PHONY: help venv system-deps demo test test-fast bench lock clean model
+.PHONY: help venv system-deps demo test test-fast bench lock clean model map
 
 help:
 	@echo "make demo   - generate a synthetic study and run loader + femur splitter on it ($(DEMO_OUT)/)"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - time loading and splitting a standard study"
 	@echo "make model  - rebuild the demonstration model in model/ (synthetic cohort, training, evaluation, card)"
+	@echo "make map    - build the MAP image femur-lesion-seg:<version> with monai-deploy package (needs docker)"
 
 venv: $(STAMP)
 
@@ -73,6 +75,14 @@ MODEL_EPOCHS ?= 40
 # 'small' training on fold "all", export into model/, evaluation on held-out standard studies, model card.
 model: venv
 	@$(RUN) $(PY) -m lesion_training.shipped_model --workers 2 --epochs $(MODEL_EPOCHS) --no-mirroring
+
+# The MONAI Application Package: checks app.yaml, the model and the pinned runtime, stages build/map/app-src
+# and build/map/models, runs `monai-deploy package` (holoscan-cli 4.2.0, offline with the artifacts manifest
+# shipped in map_packaging/). Without a docker engine it stops after writing the packager's Dockerfile,
+# app.json and pkg.json to build/map/package/ and says so (exit status 3). MAP_MODEL: the model folder.
+MAP_MODEL ?= model
+map: venv
+	@$(PY) -m map_packaging --model $(MAP_MODEL) --out build/map
 
 # Re-resolve the whole environment from scratch and rewrite constraints.txt.
 lock:
