@@ -129,6 +129,8 @@ def test_the_map_entry_point_writes_results_only_to_the_output_folder(image_like
     assert seg.StudyInstanceUID == ct.StudyInstanceUID and seg.SoftwareVersions == VERSION
     report = json.loads((output / REPORT_FILE).read_text())
     assert report["software"] == {"name": "femur-lesion-seg", "version": VERSION}
+    (model,) = image_like["models"].iterdir()  # the model came from HOLOSCAN_MODEL_PATH
+    assert report["model"]["name"] == json.loads((model / "model.json").read_text())["name"]
     assert "stage timings: load" in run.stdout
 
 
