@@ -7,7 +7,8 @@ Steps, each stopping with one line on standard error when it finds a problem:
 2. the model: ``model/`` must hold one nnU-Net lesion model with weights (:mod:`map_packaging.model_folder`);
 3. the image's requirements: the runtime closure pinned as in ``constraints.txt``
    (:mod:`map_packaging.runtime_requirements`);
-4. staging: ``<out>/app-src/`` (the application folder) and ``<out>/models/<name>/``;
+4. staging: ``<out>/app-src/`` (the application folder), ``<out>/models/<name>/`` and ``<out>/docs/``
+   (the model card, ``README.md`` beside the model, for ``/opt/holoscan/docs``);
 5. packaging with ``monai-deploy package`` (holoscan-cli 4.2.0): with a docker engine, the image
    ``femur-lesion-seg:<version>``; without one, the packager's Dockerfile, app.json and pkg.json in
    ``<out>/package/`` (:mod:`map_packaging.packager`).
@@ -36,7 +37,7 @@ from map_packaging.packager import (
     package_with_docker,
 )
 from map_packaging.runtime_requirements import RequirementsError, pinned_runtime_requirements
-from map_packaging.staging import stage_app_folder
+from map_packaging.staging import find_model_card, stage_app_folder, stage_docs
 
 logger = logging.getLogger("map_packaging")
 
@@ -79,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("packaging %s %s with model %s into %s", IMAGE_NAME, version, model, out)
     app_folder = stage_app_folder(REPO_ROOT, out / "app-src", version=version, requirements=requirements)
     models = stage_models(model, out / "models")
-    request = PackageRequest(app_folder=app_folder, config=args.config.resolve(), models=models,
+    card = find_model_card(args.model, model)
+    if card is None:
+        logger.warning("no model card (README.md) beside %s: the image carries no documentation", model)
+    docs = stage_docs(card, out / "docs") if card is not None else None
+    request = PackageRequest(app_folder=app_folder, config=args.config.resolve(), models=models, docs=docs,
                              tag=args.tag or f"{IMAGE_NAME}:{config.version}", build_cache=out / "build-cache",
                              source=args.source.resolve())
 

@@ -61,6 +61,8 @@ class PackageRequest:
         holoscan-cli platform, ``x86_64``.
     source : Path
         holoscan-cli's artifacts manifest (base images per SDK version), so nothing is downloaded.
+    docs : Path, optional
+        Documentation folder for ``/opt/holoscan/docs`` (the model card).
     """
 
     app_folder: Path
@@ -70,6 +72,7 @@ class PackageRequest:
     build_cache: Path
     platform: str = "x86_64"
     source: Path = ARTIFACTS
+    docs: Path | None = None
 
     def arguments(self) -> list[str]:
         """``package ...`` arguments of ``monai-deploy`` (without the program name)."""
@@ -77,7 +80,8 @@ class PackageRequest:
         return ["package", str(self.app_folder), "--config", str(self.config), "--models", str(self.models),
                 "--tag", self.tag, "--platform", self.platform, "--sdk", "monai-deploy",
                 "--source", str(self.source), "--build-cache", str(self.build_cache),
-                "--uid", str(uid or _FALLBACK_ID), "--gid", str(gid if uid else _FALLBACK_ID)]
+                "--uid", str(uid or _FALLBACK_ID), "--gid", str(gid if uid else _FALLBACK_ID),
+                *(["--docs", str(self.docs)] if self.docs is not None else [])]
 
 
 @dataclass

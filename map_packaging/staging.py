@@ -25,10 +25,12 @@ from map_packaging.folders import partial_folder, replace_folder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DISTRIBUTION", "PACKAGES", "stage_app_folder"]
+__all__ = ["DISTRIBUTION", "MODEL_CARD", "PACKAGES", "find_model_card", "stage_app_folder", "stage_docs"]
 
 #: The top-level packages the application imports.
 PACKAGES = ("app", "operators")
+#: Name of the model card in the image's documentation folder (``/opt/holoscan/docs``).
+MODEL_CARD = "MODEL_CARD.md"
 #: The product's distribution name (operators.study_outputs reads its version for the SEG and SR).
 DISTRIBUTION = "femur-lesion-seg"
 
@@ -84,4 +86,32 @@ def stage_app_folder(repo_root: Path, destination: Path, *, version: str, requir
     replace_folder(partial, destination)
     logger.info("staged application folder %s (%s, %d pinned requirements)", destination,
                 ", ".join(PACKAGES), len(requirements))
+    return destination
+
+
+def find_model_card(model_argument: Path, model: Path) -> Path | None:
+    """The model card (``README.md``) beside or inside the model, or None.
+
+    ``model_argument`` is the folder named on the command line (``model/``, whose ``README.md`` is the
+    shipped model's card); ``model`` the model folder or zip found in it.
+    """
+    for folder in (model_argument, model if model.is_dir() else model.parent):
+        card = folder / "README.md"
+        if card.is_file():
+            return card
+    return None
+
+
+def stage_docs(model_card: Path, destination: Path) -> Path:
+    """Write the image's documentation folder ``destination`` (``MODEL_CARD.md``); returns it.
+
+    The packager copies it to ``/opt/holoscan/docs`` (``HOLOSCAN_DOCS_PATH``), so the intended use and
+    the limits of the model travel with the image.
+    """
+    destination = Path(destination)
+    partial = partial_folder(destination)
+    partial.mkdir()
+    shutil.copyfile(model_card, partial / MODEL_CARD)
+    replace_folder(partial, destination)
+    logger.info("staged documentation %s (model card %s)", destination, model_card)
     return destination

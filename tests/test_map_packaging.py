@@ -285,14 +285,24 @@ def _make_map(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[st
 
 def test_make_map_without_docker_checks_everything_and_says_the_image_was_not_built(
         tmp_path: Path, lesion_model: Path) -> None:  # noqa: F811
-    run = _make_map(["--model", str(lesion_model), "--out", str(tmp_path / "map")], tmp_path)
+    # Laid out as model/ is: the model card beside the nnU-Net model folder.
+    shutil.copytree(find_model(lesion_model), tmp_path / "model" / "femur_lesion_nnunet")
+    card = tmp_path / "model" / "README.md"
+    card.write_text("# Model card\n\nNot for clinical use.\n")
+    run = _make_map(["--model", str(tmp_path / "model"), "--out", str(tmp_path / "map")], tmp_path)
     assert run.returncode == 3, run.stderr + run.stdout[-3000:]
     assert run.stderr.splitlines() == [
         f"error: image femur-lesion-seg:{VERSION} not built: no docker engine is available here "
         "(no docker client on PATH)"]
+    package = tmp_path / "map" / "package"
     for name in ("Dockerfile", "map/app.json", "map/pkg.json", "pip/requirements.txt", "app/__main__.py"):
-        assert (tmp_path / "map" / "package" / name).is_file(), name
+        assert (package / name).is_file(), name
     assert (tmp_path / "map" / "app-src" / "operators" / "femur_splitter.py").is_file()
+    pkg_json = json.loads((package / "map" / "pkg.json").read_text())
+    assert pkg_json["models"] == {"femur_lesion_nnunet": "/opt/holoscan/models/femur_lesion_nnunet"}
+    # The model card goes into the image's documentation folder.
+    assert "COPY ./docs  /opt/holoscan/docs" in (package / "Dockerfile").read_text()
+    assert (package / "docs" / "MODEL_CARD.md").read_text() == card.read_text()
     assert not [p for p in (tmp_path / "map").iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
