@@ -1,0 +1,87 @@
+"""Sending results (SEG, SR) back into the study in the PACS: DICOMweb STOW-RS or DICOM C-STORE.
+
+Both keep the files' SOPInstanceUIDs, so sending the same files twice (after a crash between sending
+and recording the job as done) leaves one copy in a PACS that, like Orthanc, keeps the first instance
+of a SOPInstanceUID.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import pydicom
+
+from gateway.orthanc import OrthancClient, PacsError
+
+logger = logging.getLogger(__name__)
+
+
+def disable_nagle(association: object) -> None:
+    """Send each DIMSE message at once (TCP_NODELAY) on a pynetdicom association.
+
+    With Nagle's algorithm on, every C-STORE waits for the peer's delayed acknowledgement (about 0.1 s per
+    instance, minutes for a large series); pynetdicom 3.0 has no option for it, so it is set on its socket.
+    """
+    sock = getattr(getattr(getattr(association, "dul", None), "socket", None), "socket", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # already closed: nothing to speed up
+            pass
+
+
+class ResultStore(Protocol):
+    """Somewhere results can be stored."""
+
+    def store(self, study_uid: str, files: Sequence[Path]) -> list[str]:
+        """Store DICOM files into the study; returns their SOPInstanceUIDs; raises PacsError."""
+        ...
+
+
+class StowStore:
+    """STOW-RS into the DICOMweb server of an :class:`OrthancClient` (any DICOMweb server works)."""
+
+    def __init__(self, *, client: OrthancClient) -> None:
+        self.client = client
+
+    def store(self, study_uid: str, files: Sequence[Path]) -> list[str]:
+        if not files:
+            return []
+        return self.client.stow(study_uid, files)
+
+
+class CStoreStore:
+    """C-STORE to a DICOM node (host, port, called AE title), as calling AE title ``calling_aet``."""
+
+    def __init__(self, *, host: str, port: int, aet: str, calling_aet: str, timeout_s: float = 120.0) -> None:
+        self.host, self.port, self.aet, self.calling_aet, self.timeout_s = host, port, aet, calling_aet, timeout_s
+
+    def store(self, study_uid: str, files: Sequence[Path]) -> list[str]:
+        if not files:
+            return []
+        from pynetdicom import AE
+
+        datasets = [pydicom.dcmread(path) for path in files]
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        for context in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}):
+            ae.add_requested_context(context[0], context[1])
+        association = ae.associate(self.host, self.port, ae_title=self.aet)
+        if not association.is_established:
+            raise PacsError(f"C-STORE: no association with {self.aet} at {self.host}:{self.port}")
+        disable_nagle(association)
+        stored: list[str] = []
+        try:
+            for ds in datasets:
+                status = association.send_c_store(ds)
+                code = int(getattr(status, "Status", -1)) if status else -1
+                if code not in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or success with warnings
+                    raise PacsError(f"C-STORE of a {ds.Modality} instance to {self.aet}: status 0x{code & 0xFFFF:04X}")
+                stored.append(str(ds.SOPInstanceUID))
+        finally:
+            association.release()
+        return stored

@@ -1,0 +1,313 @@
+"""Workers: claim a job, gather the study's qualifying series, run the application, store the results.
+
+One job, step by step (folder ``<work_dir>/job-<id>/``):
+
+1. If an earlier attempt already produced outputs and recorded them in the queue (it was stopped while
+   storing), those same files are stored again: same SOPInstanceUIDs, so the PACS keeps one copy.
+2. Otherwise the qualifying series are copied into ``input/`` (downloaded from Orthanc, or hard-linked
+   from the receiver's spool), and ``python -m app -i input -o output-<attempt> -m MODEL`` runs in its
+   own process, with a timeout, dying with the gateway (so a killed gateway leaves no orphan).
+3. Exit 0: seg.dcm and sr.dcm (whichever exist) are recorded in the queue, then stored (STOW-RS or
+   C-STORE), then the job is done and its folder removed.
+   Exit 2 (a problem with the input or model): failed for good, with the application's one-line reason.
+   Exit 1, a crash, a timeout or a PACS problem: tried again after the backoff.
+
+While it works the worker renews the job's lease every third of ``lease_s``; if the lease is lost (the
+queue gave the job to another worker) it stops the application and leaves the outcome to the other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.config import AppSettings
+from gateway.jobs import Job, JobQueue
+from gateway.orthanc import OrthancClient, PacsError
+from gateway.store import ResultStore
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILES = ("seg.dcm", "sr.dcm")  # what goes back into the PACS, in this order
+_STACK_BYTES = 32 * 1024 * 1024  # Holoscan wants 32 MB of stack (ulimit -s 32768)
+_PR_SET_PDEATHSIG = 1
+_APP_EXIT_INPUT = 2
+
+
+class JobFailure(Exception):
+    """An attempt failed; ``permanent`` says whether trying again could help."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(" ".join(message.split()))
+        self.permanent = permanent
+
+
+class LeaseLost(Exception):
+    """The queue gave the job to another worker (this one was too slow to renew its lease)."""
+
+
+class ShuttingDown(Exception):
+    """The gateway is stopping; the job goes back to the queue."""
+
+
+@dataclass(frozen=True)
+class AppRun:
+    """Outcome of one run of the application: exit status, the error line (stderr), seconds taken."""
+
+    status: int
+    error: str
+    seconds: float
+
+
+class Worker:
+    """Runs jobs from ``queue`` until ``stop`` is set.
+
+    Parameters
+    ----------
+    queue
+        The job queue (its own connection: one per worker thread).
+    app
+        How to run the application.
+    work_dir
+        Scratch folder; each job works in ``job-<id>/`` below it, removed when the job is done.
+    store
+        Where results go.
+    orthanc
+        Source of studies queued by the watcher (None in a receiver-only gateway).
+    stop
+        Set to make the worker give its job back and return.
+    name
+        Lease owner name; default ``<host>:<pid>:<thread>``.
+    """
+
+    def __init__(self, *, queue: JobQueue, app: AppSettings, work_dir: Path, store: ResultStore,
+                 orthanc: OrthancClient | None, stop: threading.Event, name: str | None = None,
+                 idle_poll_s: float = 1.0) -> None:
+        self.queue = queue
+        self.app = app
+        self.work_dir = work_dir
+        self.store = store
+        self.orthanc = orthanc
+        self.stop = stop
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+        self.idle_poll_s = idle_poll_s
+
+    def run_forever(self) -> None:
+        """Claim and run jobs until ``stop`` is set."""
+        logger.info("worker %s started", self.name)
+        while not self.stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # noqa: BLE001 - a bug must not end the worker; the job's lease will expire
+                logger.exception("worker %s: unexpected error", self.name)
+                worked = False
+            if not worked:
+                self.stop.wait(self.idle_poll_s)
+        logger.info("worker %s stopped", self.name)
+
+    def run_once(self) -> bool:
+        """Claim one due job and run it; False when there was none."""
+        job = self.queue.claim(owner=self.name)
+        if job is None:
+            return False
+        try:
+            results = self._process(job)
+        except JobFailure as failure:
+            self.queue.fail(job.id, owner=self.name, error=str(failure), permanent=failure.permanent)
+        except PacsError as error:
+            self.queue.fail(job.id, owner=self.name, error=str(error), permanent=False)
+        except OSError as error:
+            self.queue.fail(job.id, owner=self.name, error=f"{type(error).__name__}: {error.strerror or error}",
+                            permanent=False)
+        except LeaseLost:
+            logger.warning("job %d (study %s): lease lost, leaving the job to its new owner", job.id, job.key)
+        except ShuttingDown:
+            self.queue.release(job.id, owner=self.name)
+        else:
+            if self.queue.complete(job.id, owner=self.name, results=results):
+                shutil.rmtree(self._job_dir(job), ignore_errors=True)
+                self._discard_spool(job)
+            else:
+                logger.warning("job %d (study %s): lease lost before completion", job.id, job.key)
+        return True
+
+    # ---------------------------------------------------------------------------------------------
+
+    def _job_dir(self, job: Job) -> Path:
+        return self.work_dir / f"job-{job.id}"
+
+    def _process(self, job: Job) -> dict[str, Any]:
+        job_dir = self._job_dir(job)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        outputs = self._recorded_outputs(job)
+        if outputs is not None:
+            logger.info("job %d (study %s): storing the outputs of an earlier attempt", job.id, job.key)
+        else:
+            input_dir = job_dir / "input"
+            shutil.rmtree(input_dir, ignore_errors=True)  # never trust a partial copy of an earlier attempt
+            count = self._gather_input(job, input_dir)
+            logger.info("job %d (study %s): %d image(s) gathered, running the application", job.id, job.key, count)
+            output_dir = job_dir / f"output-{job.attempts}"
+            shutil.rmtree(output_dir, ignore_errors=True)
+            run = self._run_app(job, input_dir, output_dir)
+            if run.status != 0:
+                what = run.error or f"the application ended with status {run.status}"
+                if run.status == _APP_EXIT_INPUT:
+                    raise JobFailure(what, permanent=True)
+                raise JobFailure(f"application exit {run.status}: {what}", permanent=False)
+            outputs = [output_dir / name for name in RESULT_FILES if (output_dir / name).is_file()]
+            logger.info("job %d (study %s): application done in %.0f s; outputs: %s", job.id, job.key, run.seconds,
+                        ", ".join(p.name for p in outputs) or "none to store")
+            self._check_lease(job)
+            # Recorded before storing: a worker that takes over after a crash stores these same files.
+            self.queue.record_results(job.id, owner=self.name, results={"outputs": [str(p) for p in outputs]})
+        self._check_lease(job)
+        stored = self.store.store(job.study_uid, outputs)
+        logger.info("job %d (study %s): stored %s in the PACS", job.id, job.key,
+                    ", ".join(p.name for p in outputs) or "nothing")
+        return {"stored": [p.name for p in outputs], "sop_instance_uids": stored}
+
+    def _recorded_outputs(self, job: Job) -> list[Path] | None:
+        recorded = (job.results or {}).get("outputs")
+        if recorded is None:
+            return None
+        paths = [Path(p) for p in recorded]
+        return paths if all(p.is_file() for p in paths) else None
+
+    def _check_lease(self, job: Job) -> None:
+        if self.stop.is_set():
+            raise ShuttingDown()
+        if not self.queue.heartbeat(job.id, owner=self.name):
+            raise LeaseLost()
+
+    def _gather_input(self, job: Job, input_dir: Path) -> int:
+        """Copy the job's qualifying series into ``input_dir``; returns the number of files."""
+        source = job.source
+        series = set(source.get("series", []))
+        if source.get("kind") == "orthanc":
+            if self.orthanc is None:
+                raise JobFailure("job comes from Orthanc but no [orthanc] server is configured", permanent=True)
+            instance_ids: list[str] = []
+            for s in self.orthanc.study_series(str(source["study"]), modalities=()):
+                if s.info.series_uid in series:
+                    instance_ids.extend(s.instance_ids)
+            if not instance_ids:
+                raise JobFailure("the study's qualifying series are no longer in the PACS", permanent=True)
+            staging = input_dir.with_name(input_dir.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            self.orthanc.download_instances(instance_ids, staging)
+            staging.rename(input_dir)  # the input folder exists only when complete
+            return len(instance_ids)
+        if source.get("kind") == "spool":
+            folder = Path(str(source["folder"]))
+            if not folder.is_dir():
+                raise JobFailure("the received images are no longer in the spool folder", permanent=True)
+            return _link_series(folder, input_dir, series)
+        raise JobFailure(f"unknown job source {source.get('kind')!r}", permanent=True)
+
+    def _run_app(self, job: Job, input_dir: Path, output_dir: Path) -> AppRun:
+        """Run the application on ``input_dir``; renews the lease while it runs."""
+        command = [*self.app.command, "-i", str(input_dir), "-o", str(output_dir), "-m", str(self.app.model)]
+        log_path = output_dir.with_name(output_dir.name + ".log")
+        err_path = output_dir.with_name(output_dir.name + ".err")
+        heartbeat_s = max(self.queue.policy.lease_s / 3.0, 0.2)
+        started = time.monotonic()
+        with open(log_path, "wb") as log, open(err_path, "wb") as err:
+            process = subprocess.Popen(command, stdout=log, stderr=err, stdin=subprocess.DEVNULL, env=self._app_env(),
+                                       cwd=self._job_dir(job), preexec_fn=_child_setup)
+            try:
+                while True:
+                    try:
+                        process.wait(timeout=heartbeat_s)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    if time.monotonic() - started > self.app.timeout_s:
+                        raise JobFailure(f"the application did not finish within {self.app.timeout_s:.0f} s",
+                                         permanent=False)
+                    self._check_lease(job)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        lines = [line for line in err_path.read_text(errors="replace").splitlines() if line.strip()]
+        error = next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")),
+                     lines[-1] if lines else "")
+        return AppRun(status=process.returncode, error=error.strip(), seconds=time.monotonic() - started)
+
+    def _app_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOLOSCAN_")}  # -i/-o/-m decide
+        cudart = Path(sysconfig.get_paths()["purelib"]) / "nvidia" / "cu13" / "lib"
+        if cudart.is_dir():  # Holoscan loads libcudart.so.13 from the CUDA runtime wheel
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(cudart), env.get("LD_LIBRARY_PATH", "")) if p)
+        env["FEMUR_LESION_DEVICE"] = self.app.device
+        env["FEMUR_LESION_MIRRORING"] = "1" if self.app.mirroring else "0"
+        env.update(self.app.env)
+        return env
+
+    def _discard_spool(self, job: Job) -> None:
+        if job.source.get("kind") == "spool":
+            shutil.rmtree(str(job.source["folder"]), ignore_errors=True)
+
+
+def _link_series(folder: Path, input_dir: Path, series: set[str]) -> int:
+    """Hard-link (or copy) the files of ``series`` from a receiver spool folder into ``input_dir``.
+
+    The spool keeps one subfolder per series (``<SeriesInstanceUID>/``), written by :mod:`gateway.scp`.
+    """
+    staging = input_dir.with_name(input_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    count = 0
+    for series_uid in sorted(series):
+        source = folder / series_uid
+        if not source.is_dir():
+            continue
+        target = staging / series_uid
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(source.glob("*.dcm")):
+            try:
+                os.link(path, target / path.name)
+            except OSError:  # another file system: copy
+                shutil.copy2(path, target / path.name)
+            count += 1
+    if count == 0:
+        raise JobFailure("none of the qualifying series' images are in the spool folder", permanent=True)
+    staging.rename(input_dir)
+    return count
+
+
+def _child_setup() -> None:
+    """In the application's process, before exec: 32 MB stack, and die when the gateway dies."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    wanted = _STACK_BYTES if hard == resource.RLIM_INFINITY else min(_STACK_BYTES, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_STACK, (wanted, hard))
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the application may outlive a killed gateway
+        pass
+
+
+def start_workers(count: int, make_worker: Callable[[int], Worker]) -> list[threading.Thread]:
+    """Start ``count`` worker threads (daemon threads: the process's exit ends them)."""
+    threads = []
+    for index in range(count):
+        worker = make_worker(index)
+        thread = threading.Thread(target=worker.run_forever, name=f"worker-{index}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
+
