@@ -22,7 +22,7 @@ import yaml
 
 from map_packaging.app_config import AppConfigError, read_app_config
 from map_packaging.model_folder import ModelError, find_model, stage_models
-from map_packaging.packager import PackageRequest, PackagingError, capture_build_context
+from map_packaging.packager import PackageRequest, PackagingError, capture_build_context, docker_engine_problem
 from map_packaging.runtime_requirements import pinned_runtime_requirements, read_pins
 from map_packaging.staging import stage_app_folder
 from operators.lesion_segmentation import resolve_model_path
@@ -304,6 +304,15 @@ def test_make_map_without_docker_checks_everything_and_says_the_image_was_not_bu
     assert "COPY ./docs  /opt/holoscan/docs" in (package / "Dockerfile").read_text()
     assert (package / "docs" / "MODEL_CARD.md").read_text() == card.read_text()
     assert not [p for p in (tmp_path / "map").iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_a_docker_client_without_an_engine_is_reported_in_one_line() -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("no docker client here (the case without one is tested through `make map` above)")
+    problem = docker_engine_problem()
+    if problem is None:
+        pytest.skip("a docker engine runs here")
+    assert problem.startswith("`docker info` failed: ") and "\n" not in problem
 
 
 def test_make_map_without_a_model_says_so_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
