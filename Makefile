@@ -24,8 +24,9 @@ PRESET ?= standard
 SEED ?= 7
 # pip warns about every unreachable extra index some machines configure; keep the real errors.
 QUIET_PIP = 2>&1 | { grep -v '^WARNING: Location' || true; }; test $${PIPESTATUS[0]} -eq 0
-# Debian packages the tests use: dciodvfy (independent DICOM validator) and dcmtk.
-SYSTEM_PACKAGES := dicom3tools dcmtk
+# Debian packages the tests use: dciodvfy (independent DICOM validator), dcmtk, and Orthanc with its
+# DICOMweb plugin (the PACS the gateway tests start).
+SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb
 
 .PHONY: help venv system-deps demo test test-fast bench lock clean model map
 

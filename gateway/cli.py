@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":  # pynetdicom logs every received image at INFO
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except (UsageError, ConfigError, PacsError) as error:
@@ -116,7 +118,7 @@ def _watch(args: argparse.Namespace) -> int:
     queue = _queue(config)
     watcher = Watcher(client=client, queue=queue, rules=config.rules, start_at=config.watch.start_at,
                       poll_interval_s=config.watch.poll_interval_s)
-    return _serve(config, args, client, lambda stop: watcher.run_forever(stop))
+    return _serve(config, args, client, watcher.run_forever)
 
 
 def _receive(args: argparse.Namespace) -> int:
@@ -126,13 +128,13 @@ def _receive(args: argparse.Namespace) -> int:
     client = _checked_client(config) if config.results.method == "stow" else None
     queue = _queue(config)
     receiver = Receiver(settings=config.receive, queue=queue, rules=config.rules)
+    receiver.recover()
     try:
         receiver.start()
     except OSError as error:
         raise UsageError(f"cannot listen on {config.receive.host}:{config.receive.port}: "
                          f"{error.strerror or error}") from None
-    receiver.stop()  # the port is usable; run_forever opens it again
-    return _serve(config, args, client, lambda stop: receiver.run_forever(stop))
+    return _serve(config, args, client, receiver.serve)
 
 
 def _checked_client(config: GatewayConfig) -> OrthancClient:
@@ -150,7 +152,8 @@ def _result_store(config: GatewayConfig, client: OrthancClient | None) -> Result
     return StowStore(client=client)
 
 
-def _serve(config: GatewayConfig, args: argparse.Namespace, client: OrthancClient | None, source) -> int:  # noqa: ANN001
+def _serve(config: GatewayConfig, args: argparse.Namespace, client: OrthancClient | None,
+           source: Callable[[threading.Event], None]) -> int:
     """Run the workers and ``source`` (the watcher or the receiver loop) until SIGTERM/SIGINT."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -191,12 +191,17 @@ class Receiver:
             "kind": "spool", "folder": str(folder), "series": [s.series_uid for s in chosen]})
         return result.action == "created"
 
-    def run_forever(self, stop: threading.Event, *, interval_s: float = 1.0) -> None:
-        """Listen and queue complete studies until ``stop`` is set."""
-        self.recover()
-        self.start()
+    def serve(self, stop: threading.Event, *, interval_s: float = 1.0) -> None:
+        """Queue complete studies every ``interval_s`` seconds until ``stop`` is set, then stop listening
+        (call :meth:`start` first)."""
         try:
             while not stop.wait(interval_s):
                 self.flush()
         finally:
             self.stop()
+
+    def run_forever(self, stop: threading.Event, *, interval_s: float = 1.0) -> None:
+        """Recover the spool, listen, and queue complete studies until ``stop`` is set."""
+        self.recover()
+        self.start()
+        self.serve(stop, interval_s=interval_s)

@@ -48,19 +48,24 @@ def test_the_watcher_queues_a_stable_ct_study_once_with_its_volume_series(
     with JobQueue(path=tmp_path / "jobs.sqlite") as queue:
         watcher = Watcher(client=client, queue=queue, rules=SeriesRules(), start_at="now")
         assert watcher.poll_once() == 0  # sets the feed position before the study arrives
-        sent = send_study(pacs, small_study.study_dir)
-        assert sent == sum(len(s.files) for s in small_study.series)
+        localizer = small_study.series_by_role("localizer").files
+        volumes_files = [f for s in small_study.series if s.role != "localizer" for f in s.files]
+        assert send_study(pacs, volumes_files) == len(volumes_files)
         wait_for(lambda: watcher.poll_once() or queue.jobs(), timeout_s=30, what="the StableStudy event")
         [job] = queue.jobs()
         assert job.study_uid == small_study.study_uid and job.state == "queued" and job.source["kind"] == "orthanc"
         volumes = {small_study.series_by_role("thin").uid, small_study.series_by_role("thick").uid}
-        assert set(job.source["series"]) == volumes  # the localizer is left out
+        assert set(job.source["series"]) == volumes
         assert queue.get_setting(f"orthanc-changes:{pacs.url}") == str(client.last_change())
 
-        # The same study sent again becomes stable again: still one job.
-        send_study(pacs, small_study.study_dir)
-        time.sleep(2.5)
+        # More of the same study arrives later (the localizer): stable again, still one job.
+        stable_events = lambda: [c for c in client.changes(since=0, limit=10_000)[0]  # noqa: E731
+                                 if c.change_type == "StableStudy"]
+        assert len(stable_events()) == 1
+        send_study(pacs, localizer)
+        wait_for(lambda: len(stable_events()) == 2, timeout_s=30, what="the second StableStudy event")
         assert watcher.poll_once() == 0 and len(queue.jobs()) == 1
+        assert queue.get(job.id).source == job.source
 
         # A restarted watcher resumes from the saved position instead of "now".
         restarted = Watcher(client=client, queue=queue, rules=SeriesRules(), start_at="now")
