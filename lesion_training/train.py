@@ -327,11 +327,15 @@ def train_fold(
     device: str,
     resume: bool = False,
     num_processes: int | None = None,
+    pretrained_weights: Path | None = None,
 ) -> Path:
     """Train one fold with nnU-Net's ``run_training`` in a subprocess; returns the fold's folder.
 
     Its output (nnU-Net's log and the trainer's progress lines) goes to this process's stdout.
     ``num_processes`` sets nnU-Net's worker processes for the fold's final validation.
+    ``pretrained_weights`` (a checkpoint with ``network_weights``, e.g. an exported model's fold) starts
+    the network from those weights instead of a random initialisation (nnU-Net's fine-tuning); it cannot
+    be combined with ``resume``.
     """
     command = [
         sys.executable, "-m", "nnunetv2.run.run_training", dataset_name, NNUNET_CONFIGURATION, str(fold),
@@ -339,6 +343,10 @@ def train_fold(
     ]
     if resume:
         command.append("--c")
+    if pretrained_weights is not None:
+        if resume:
+            raise ValueError("a fold cannot both resume and start from pretrained weights")
+        command += ["-pretrained_weights", str(pretrained_weights)]
     fold_folder = results_folder(workspace, dataset_name, configuration) / f"fold_{fold}"
     logger.info("fold %s: %s", fold, " ".join(command[1:]))
     started = time.monotonic()
