@@ -107,3 +107,31 @@ def test_local_datastore_lists_study_folders_as_images_and_label_files_as_labels
                                      "label": str((tmp_path / "labels" / "final" / "case-b.nrrd").resolve())}]
     # A fresh instance reads the same state from the folder.
     assert LocalDicomDatastore(str(tmp_path)).get_labeled_images() == ["case-b"]
+
+
+def test_a_final_label_saved_as_seg_reads_back_equal_with_the_image_shape(tmp_path: Path) -> None:
+    import pydicom
+
+    from label_app.lib.dicomweb_datastore import FINAL_SERIES_DESCRIPTION, label_seg, seg_label_volume
+    from operators.series_volume import load_study
+    from synthetic_ct import generate_phantom, write_study
+
+    written = write_study(generate_phantom(5, "small"), tmp_path / "study", series=("thin",))
+    loaded = load_study(written.study_dir)
+    shape = loaded.volume.spatial_shape
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[2:-2, 10:30, 10:30] = 1
+    labels[4:8, 15:20, 15:20] = 2
+    labels[10:12, 22:26, 12:14] = 3
+    labels[-1] = 0  # empty frames too must come back
+    seg = label_seg(labels, loaded)
+    assert seg.SeriesDescription == FINAL_SERIES_DESCRIPTION
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Femur", "Lytic lesion", "Cyst"]
+    assert int(seg.NumberOfFrames) == 3 * shape[0]  # every frame written
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    back = seg_label_volume(pydicom.dcmread(path), loaded)
+    assert back.shape == shape and back.dtype == np.uint8
+    assert np.array_equal(back, labels)
+    with pytest.raises(ValueError, match="empty"):
+        label_seg(np.zeros(shape, dtype=np.uint8), loaded)

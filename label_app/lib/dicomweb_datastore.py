@@ -108,6 +108,8 @@ def label_seg(labels: np.ndarray, loaded: LoadedSeries) -> hd.seg.Segmentation:
 
 def seg_label_volume(seg: Dataset | Path, loaded: LoadedSeries) -> np.ndarray:
     """A SEG read back with highdicom as a label volume, uint8 (z, y, x) on the CT series' full grid."""
+    if isinstance(seg, Dataset) and not isinstance(seg, hd.seg.Segmentation):
+        seg = hd.seg.Segmentation.from_dataset(seg)
     masks = read_segment_masks(seg, loaded.volume)
     out = np.zeros(loaded.volume.spatial_shape, dtype=np.uint8)
     values = {name: value for value, name in enumerate(annotation_labels(True), start=1)}
