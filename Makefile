@@ -28,7 +28,7 @@ QUIET_PIP = 2>&1 | { grep -v '^WARNING: Location' || true; }; test $${PIPESTATUS
 # DICOMweb plugin (the PACS the gateway tests start).
 SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb
 
-.PHONY: help venv system-deps demo test test-fast bench lock clean model map
+.PHONY: help venv system-deps demo test test-fast bench lock clean model map label
 
 help:
 	@echo "make demo   - generate a synthetic study and run loader + femur splitter on it ($(DEMO_OUT)/)"
@@ -36,6 +36,7 @@ help:
 	@echo "make bench  - time loading and splitting a standard study"
 	@echo "make model  - rebuild the demonstration model in model/ (synthetic cohort, training, evaluation, card)"
 	@echo "make map    - build the MAP image femur-lesion-seg:<version> with monai-deploy package (needs docker)"
+	@echo "make label  - Orthanc with synthetic studies and the MONAI Label server on 127.0.0.1:8000 (Ctrl-C stops both)"
 
 venv: $(STAMP)
 
@@ -84,6 +85,12 @@ model: venv
 MAP_MODEL ?= model
 map: venv
 	@$(PY) -m map_packaging --model $(MAP_MODEL) --out build/map
+
+# The MONAI Label annotation server (label_app/) on a local Orthanc (127.0.0.1:8042) holding LABEL_STUDIES
+# small synthetic studies, both on loopback; state in build/label/. Model versions in build/label/model-store.
+LABEL_STUDIES ?= 3
+label: venv system-deps
+	@$(RUN) $(PY) label_app/serve.py --studies $(LABEL_STUDIES)
 
 # Re-resolve the whole environment from scratch and rewrite constraints.txt.
 lock:
