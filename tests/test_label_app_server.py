@@ -65,7 +65,7 @@ def _infer(server: LabelServer, image: str) -> tuple[np.ndarray, np.ndarray, dic
     """/infer as the OHIF panel asks (output=image, .nrrd), then the JSON; label array (z, y, x) and affine."""
     response = server.post(f"/infer/femur_lesion?image={image}&output=image",
                            data={"params": json.dumps({"result_extension": ".nrrd"})})
-    path = Path(server.store) / f"{image}.nrrd"
+    path = Path(server.log).parent / f"{image}.nrrd"
     path.write_bytes(response.content)
     volume = read_volume(path)
     params = server.post(f"/infer/femur_lesion?image={image}&output=json").json()
@@ -149,13 +149,13 @@ def test_uncertainty_strategy_returns_the_most_uncertain_study(server: LabelServ
 def test_saved_label_then_training_publishes_a_version_the_next_infer_uses(
         server: LabelServer, studies: Path) -> None:
     labels, affine, _ = _infer(server, "case-b")
-    path = Path(server.store) / "case-b-final.nrrd"
-    shutil.copy(Path(server.store) / "case-b.nrrd", path)
+    path = Path(server.log).parent / "case-b-final.nrrd"
+    shutil.copy(Path(server.log).parent / "case-b.nrrd", path)
     with open(path, "rb") as handle:
         saved = server.post("/datastore/label?image=case-b&tag=final",
                             files={"label": ("case-b.nrrd", handle)}).json()
     assert saved["label"] == "case-b"
-    assert "case-b" not in [server.post("/activelearning/first").json()["id"]]
+    assert server.get("/info/").json()["datastore"]["completed"] == 1
     stored = read_volume(studies / "labels" / "final" / "case-b.nrrd")
     assert np.array_equal(np.asarray(stored.array), labels)
 
