@@ -133,3 +133,46 @@ def test_infer_and_saving_a_final_label_round_trip_through_orthanc(server: Label
     info = server.get("/info/").json()
     assert info["datastore"]["completed"] == 1
     assert server.post("/activelearning/first").json()["id"] == studies["b"][0]
+
+
+def test_the_datastore_alone_saves_a_seg_and_reads_it_back_for_training(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DICOMweb datastore in this process, on its own Orthanc: list, download, save as SEG, datalist."""
+    import highdicom as hd
+    from monailabel.config import settings
+
+    from label_app.lib.dicomweb_datastore import HighdicomDICOMWebDatastore
+    from operators.volume_io import write_volume
+
+    try:
+        orthanc = LocalOrthanc(folder=tmp_path / "orthanc").start()
+    except OrthancUnavailableError as error:
+        pytest.skip(str(error))
+    try:
+        written = write_study(generate_phantom(33, "small"), tmp_path / "study", series=("thin",))
+        files = sorted(p for p in written.study_dir.rglob("*") if p.is_file())
+        header = pydicom.dcmread(files[0], stop_before_pixels=True)
+        OrthancClient(url=orthanc.url, auth=orthanc.auth).stow(str(header.StudyInstanceUID), files)
+        monkeypatch.setattr(settings, "MONAI_LABEL_DICOMWEB_USERNAME", orthanc.username)
+        monkeypatch.setattr(settings, "MONAI_LABEL_DICOMWEB_PASSWORD", orthanc.password)
+        monkeypatch.setattr(settings, "MONAI_LABEL_DICOMWEB_CACHE_PATH", str(tmp_path / "cache"))
+        datastore = HighdicomDICOMWebDatastore.from_settings(orthanc.dicomweb_url)
+        series_uid = str(header.SeriesInstanceUID)
+        assert datastore.list_images() == [series_uid] and datastore.get_unlabeled_images() == [series_uid]
+
+        loaded = load_study(Path(datastore.get_image_uri(series_uid)))
+        labels = np.zeros(loaded.volume.spatial_shape, np.uint8)
+        labels[5:20, 40:80, 40:80] = 1
+        labels[8:10, 50:55, 50:55] = 2
+        write_volume(tmp_path / "final.nrrd", hd.Volume(labels, loaded.volume.affine, "PATIENT"))
+        seg_uid = datastore.save_label(series_uid, str(tmp_path / "final.nrrd"), "final", {})
+        assert datastore.final_labels() == {series_uid: seg_uid}
+        assert datastore.get_unlabeled_images() == [] and datastore.status()["completed"] == 1
+
+        [item] = datastore.datalist()
+        assert Path(item["image"]).is_dir()
+        back = read_volume(item["label"])
+        assert np.asarray(back.array).shape == labels.shape
+        assert np.array_equal(np.asarray(back.array), labels)
+    finally:
+        orthanc.stop()
