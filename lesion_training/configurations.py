@@ -45,6 +45,10 @@ saved under its own plans identifier (``nnUNetPlans_femur_<name>``), so both can
     batch size                 2                                    nnU-Net's minimum
     schedule                   40 epochs x 25 iterations, 5         1,000 iterations
                                validation iterations
+    Dice loss                  over the batch (nnU-Net: per patch   per patch, lesion-free patches
+                               when crops fit a patch)              reward lesion probabilities of
+                                                                    ~1e-10 and a short run never
+                                                                    leaves that state
     =========================  ===================================  ==========================
 
     Measured on the toy dataset at that crop size (2-core machine shared with other work): one
@@ -115,6 +119,11 @@ class TrainingConfiguration:
         Lower bound (sz, sy, sx) in mm on nnU-Net's target spacing, or None to keep nnU-Net's.
     num_epochs, iterations_per_epoch, val_iterations_per_epoch : int
         Training schedule.
+    batch_dice : bool or None
+        Dice loss over the whole batch (True) or per patch (False); None keeps nnU-Net's choice, which
+        is per patch when the femur crops fit a patch (no 3d_lowres). Per patch, a patch without lesion
+        scores a Dice of 1 only when every lesion probability is ~1e-10: in a short schedule, where most
+        patches hold no lesion, the network settles there and never predicts a lesion.
     """
 
     name: str
@@ -128,6 +137,7 @@ class TrainingConfiguration:
     num_epochs: int
     iterations_per_epoch: int
     val_iterations_per_epoch: int
+    batch_dice: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():
@@ -181,6 +191,7 @@ SMALL = TrainingConfiguration(
     num_epochs=40,
     iterations_per_epoch=25,
     val_iterations_per_epoch=5,
+    batch_dice=True,
 )
 
 CONFIGURATIONS: dict[str, TrainingConfiguration] = {c.name: c for c in (PAPER, SMALL)}
@@ -275,6 +286,8 @@ def apply_configuration(plans: dict, configuration: TrainingConfiguration) -> di
         normalization_schemes=["ZScoreNormalization"] * n_channels,
         use_mask_for_norm=[True] * n_channels,
     )
+    if configuration.batch_dice is not None:
+        fullres["batch_dice"] = bool(configuration.batch_dice)
     fullres[SCHEDULE_KEY] = {
         "configuration": configuration.name,
         "num_epochs": configuration.num_epochs,

@@ -98,6 +98,14 @@ def test_both_configurations_zscore_within_the_femur(configuration: TrainingConf
     assert _fullres(plans)["use_mask_for_norm"] == [True]
 
 
+def test_the_small_configuration_computes_dice_over_the_batch_and_the_paper_keeps_nnunets_choice() -> None:
+    planned = _planner_output([1.0, 0.85, 0.85], [420.0, 92.0, 110.0])
+    for nnunet_choice in (False, True):
+        planned["configurations"]["3d_fullres"]["batch_dice"] = nnunet_choice
+        assert _fullres(apply_configuration(planned, SMALL))["batch_dice"] is True
+        assert _fullres(apply_configuration(planned, PAPER))["batch_dice"] is nnunet_choice
+
+
 def test_configuration_gets_its_own_plans_and_data_identifier_and_only_3d_fullres() -> None:
     original = _planner_output([2.0, 1.6, 1.6], [280.0, 45.0, 45.0])
     kept = copy.deepcopy(original)
