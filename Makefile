@@ -1,7 +1,7 @@
 # Entry points for people and CI. Every install step the project needs lives here.
 #   make demo   generate a synthetic lower-body CT study and run the input pipeline on it
 #   make test   the whole test suite (what CI runs)
-#   make bench  timings of the input pipeline on a standard study
+#   make bench  benchmark against the stock MONAI Deploy path on standard studies (report in bench-output/report)
 #   make map    the MONAI Application Package (MAP) image, with the model in model/
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -33,7 +33,7 @@ SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb
 help:
 	@echo "make demo   - generate a synthetic study and run loader + femur splitter on it ($(DEMO_OUT)/)"
 	@echo "make test   - run the test suite"
-	@echo "make bench  - time loading and splitting a standard study"
+	@echo "make bench  - benchmark against the stock MONAI Deploy path (bench-output/report/benchmark.md)"
 	@echo "make model  - rebuild the demonstration model in model/ (synthetic cohort, training, evaluation, card)"
 	@echo "make map    - build the MAP image femur-lesion-seg:<version> with monai-deploy package (needs docker)"
 	@echo "make label  - Orthanc with synthetic studies and the MONAI Label server on 127.0.0.1:8000 (Ctrl-C stops both)"
@@ -69,8 +69,10 @@ test: venv system-deps
 test-fast: venv system-deps
 	@$(RUN) $(PY) -m pytest tests -m "not slow"
 
+# BENCH_ARGS: more options of `python -m benchmarks`, e.g. --quick, --skip-stock, --slices 200,400,800.
+BENCH_ARGS ?=
 bench: venv
-	@$(RUN) $(PY) scripts/bench_input.py
+	@$(RUN) $(PY) -m benchmarks $(BENCH_ARGS)
 
 MODEL_EPOCHS ?= 40
 # The shipped demonstration model, from scratch: synthetic cohort (seeds 1000-1039), dataset, nnU-Net
