@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "PYTHONPATH": str(APP_DIR / "pythonpath"),
                "MONAI_LABEL_DICOMWEB_USERNAME": pacs.username, "MONAI_LABEL_DICOMWEB_PASSWORD": pacs.password,
                "MONAI_LABEL_DICOMWEB_CACHE_EXPIRY": "10"}
-        command = [str(Path(sys.executable).with_name("monailabel")), "start_server", "--app", str(APP_DIR),
+        # The installed ``monailabel`` script runs whichever ``python`` is first on PATH: use this one.
+        command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
                    "--studies", pacs.dicomweb_url, "-i", "127.0.0.1", "-p", str(args.port),
                    "--conf", "device", args.device, "--conf", "models", str(args.work / "model-store")]
         logger.info("MONAI Label on http://127.0.0.1:%d (Ctrl-C stops it and Orthanc)", args.port)

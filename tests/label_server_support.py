@@ -40,10 +40,10 @@ class LabelServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LabelServer:
-        monailabel = Path(sys.executable).with_name("monailabel")
         conf = {"models": str(self.store), "model": str(self.model), "device": "cpu", "mirroring": "false",
                 **self.conf}
-        command = [str(monailabel), "start_server", "--app", str(APP_DIR), "--studies", self.studies,
+        # The installed ``monailabel`` script runs whichever ``python`` is first on PATH: use this one.
+        command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", self.studies,
                    "-i", "127.0.0.1", "-p", str(self.port)]
         for key, value in conf.items():
             command += ["--conf", key, value]
@@ -93,6 +93,11 @@ class LabelServer:
     def post(self, path: str, **kwargs: Any) -> requests.Response:
         response = requests.post(self.url + path, timeout=kwargs.pop("timeout", 900), **kwargs)
         assert response.status_code == 200, f"POST {path}: {response.status_code} {response.text}\n{self.tail()}"
+        return response
+
+    def put(self, path: str, **kwargs: Any) -> requests.Response:
+        response = requests.put(self.url + path, timeout=kwargs.pop("timeout", 600), **kwargs)
+        assert response.status_code == 200, f"PUT {path}: {response.status_code} {response.text}\n{self.tail()}"
         return response
 
     def wait_for_task(self, method: str, timeout_s: float = 900.0) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def test_infer_and_saving_a_final_label_round_trip_through_orthanc(server: Label
 
     write_volume(path_final, hd.Volume(corrected, loaded.volume.affine, "PATIENT"))
     with open(path_final, "rb") as handle:
-        saved = server.post(f"/datastore/label?image={series_uid}&tag=final",
+        saved = server.put(f"/datastore/label?image={series_uid}&tag=final",
                             files={"label": ("final.nrrd", handle)}).json()
     seg_uid = saved["label"]
 

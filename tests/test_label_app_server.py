@@ -152,7 +152,7 @@ def test_saved_label_then_training_publishes_a_version_the_next_infer_uses(
     path = Path(server.log).parent / "case-b-final.nrrd"
     shutil.copy(Path(server.log).parent / "case-b.nrrd", path)
     with open(path, "rb") as handle:
-        saved = server.post("/datastore/label?image=case-b&tag=final",
+        saved = server.put("/datastore/label?image=case-b&tag=final",
                             files={"label": ("case-b.nrrd", handle)}).json()
     assert saved["label"] == "case-b"
     assert server.get("/info/").json()["datastore"]["completed"] == 1
