@@ -3,6 +3,7 @@
 #   make test   the whole test suite (what CI runs)
 #   make bench  benchmark against the stock MONAI Deploy path on standard studies (report in bench-output/report)
 #   make map    the MONAI Application Package (MAP) image, with the model in model/
+#   make viewer the demo study and its results in a local Orthanc, shown in the OHIF viewer
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -25,10 +26,16 @@ SEED ?= 7
 # pip warns about every unreachable extra index some machines configure; keep the real errors.
 QUIET_PIP = 2>&1 | { grep -v '^WARNING: Location' || true; }; test $${PIPESTATUS[0]} -eq 0
 # Debian packages the tests use: dciodvfy (independent DICOM validator), dcmtk, and Orthanc with its
-# DICOMweb plugin (the PACS the gateway tests start).
-SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb
+# DICOMweb plugin (the PACS the gateway tests start), Chromium (the browser test of the viewer).
+SYSTEM_PACKAGES := dicom3tools dcmtk orthanc orthanc-dicomweb chromium
+# The OHIF viewer: npm @ohif/app, whose package is the prebuilt static viewer (dist/). Only that tarball is
+# fetched (npm pack, checked against the pinned sha512), not its build dependencies; git ignores viewer/ohif/.
+OHIF_VERSION := 3.13.2
+OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+OHIF_DIR := viewer/ohif
+OHIF_STAMP := $(OHIF_DIR)/.installed-$(OHIF_VERSION)
 
-.PHONY: help venv system-deps demo test test-fast bench lock clean model map label
+.PHONY: help venv system-deps demo test test-fast bench lock clean model map ohif viewer label
 
 help:
 	@echo "make demo   - generate a synthetic study and run loader + femur splitter on it ($(DEMO_OUT)/)"
@@ -36,6 +43,7 @@ help:
 	@echo "make bench  - benchmark against the stock MONAI Deploy path (bench-output/report/benchmark.md)"
 	@echo "make model  - rebuild the demonstration model in model/ (synthetic cohort, training, evaluation, card)"
 	@echo "make map    - build the MAP image femur-lesion-seg:<version> with monai-deploy package (needs docker)"
+	@echo "make viewer - the demo study and its SEG/SR in a local Orthanc, in the OHIF viewer on 127.0.0.1:3000"
 	@echo "make label  - Orthanc with synthetic studies and the MONAI Label server on 127.0.0.1:8000 (Ctrl-C stops both)"
 
 venv: $(STAMP)
@@ -63,7 +71,7 @@ system-deps:
 demo: venv
 	@$(RUN) $(PY) scripts/demo.py --out $(DEMO_OUT) --preset $(PRESET) --seed $(SEED)
 
-test: venv system-deps
+test: venv system-deps ohif
 	@$(RUN) $(PY) -m pytest tests
 
 test-fast: venv system-deps
@@ -93,6 +101,26 @@ map: venv
 LABEL_STUDIES ?= 3
 label: venv system-deps
 	@$(RUN) $(PY) label_app/serve.py --studies $(LABEL_STUDIES)
+
+ohif: $(OHIF_STAMP)
+
+$(OHIF_STAMP):
+	@command -v npm >/dev/null || { echo "error: npm not found; install Node.js with npm" >&2; exit 1; }
+	@rm -rf $(OHIF_DIR) && mkdir -p $(OHIF_DIR)/.download
+	@echo "installing the OHIF viewer @ohif/app $(OHIF_VERSION) into $(OHIF_DIR)/"
+	@cd $(OHIF_DIR)/.download && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null
+	@got="sha512-$$(openssl dgst -sha512 -binary $(OHIF_DIR)/.download/ohif-app-$(OHIF_VERSION).tgz | base64 -w0)"; \
+	if [ "$$got" != "$(OHIF_INTEGRITY)" ]; then echo "error: @ohif/app $(OHIF_VERSION): checksum mismatch" >&2; exit 1; fi
+	@tar -xzf $(OHIF_DIR)/.download/ohif-app-$(OHIF_VERSION).tgz -C $(OHIF_DIR) --strip-components=1 \
+	  package/dist package/package.json package/LICENSE
+	@rm -rf $(OHIF_DIR)/.download && touch $@
+
+# Orthanc on loopback with the demo study and the application's SEG and SR (make demo first when
+# $(DEMO_OUT) has no study), and the OHIF viewer on http://127.0.0.1:$(VIEWER_PORT); Ctrl-C stops both.
+VIEWER_PORT ?= 3000
+viewer: venv system-deps ohif
+	@test -d $(DEMO_OUT)/study/DICOM || $(MAKE) --no-print-directory demo
+	@$(RUN) $(PY) -m viewer --demo $(DEMO_OUT) --port $(VIEWER_PORT)
 
 # Re-resolve the whole environment from scratch and rewrite constraints.txt.
 lock:
