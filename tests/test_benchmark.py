@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from benchmarks.studies import spacing_for_slices
 from tests.test_app_model import lesion_model  # noqa: F401 - session fixture
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_each_stage_has_its_own_memory_peak() -> None:
@@ -46,6 +48,16 @@ def test_slice_spacing_for_a_slice_count() -> None:
     assert spacing_for_slices(599.0, 600) == 1.0
     with pytest.raises(ValueError, match="allow"):
         spacing_for_slices(515.0, 40)  # 13 mm slices
+
+
+def test_gpu_script_stops_with_a_clear_message_without_a_gpu(tmp_path: Path) -> None:
+    if shutil.which("nvidia-smi"):
+        pytest.skip("nvidia-smi is installed: on a GPU machine the script runs the whole benchmark")
+    run = subprocess.run([str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path / "gpu")], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert run.returncode == 3
+    assert run.stderr.strip() == "error: no NVIDIA GPU visible (nvidia-smi missing or lists none); this check needs one"
+    assert not (tmp_path / "gpu").exists()
 
 
 @pytest.mark.slow
