@@ -105,11 +105,13 @@ def test_ohif_in_chromium_shows_the_segments_the_gateway_stored(tmp_path: Path, 
 
     for pacs in start_orthanc(tmp_path / "orthanc"):
         # The gateway end to end: study in by C-STORE, the application run, SEG and SR stored into the study.
+        # The study is sent before the gateway starts (it reads the change feed from the beginning): on a busy
+        # machine a pause in the C-STORE longer than StableAge would otherwise hand it a partial study.
+        send_study(pacs, study.study_dir)
         config = write_config(tmp_path / "gateway.toml", pacs=pacs, model=lesion_model)
         log = tmp_path / "gateway.log"
         gateway = start_gateway("watch", config, log)
         try:
-            send_study(pacs, study.study_dir)
             job = wait_for(lambda: (j := _job(tmp_path / "gateway.sqlite", study.study_uid)) is not None
                            and j.state in ("done", "failed") and j, timeout_s=APP_TIMEOUT_S,
                            what="the gateway's job", log=log)
