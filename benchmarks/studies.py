@@ -3,7 +3,7 @@
 A study is written by :func:`synthetic_ct.write_study` with its three series (thin bone-kernel axial,
 thick soft-tissue axial, localizer), as a scanner sends it. For the growth with the number of slices the
 same patient (same seed) is written with the slice spacing that gives about the number of thin slices
-asked for: the scanned length depends on the seed only, so a quick probe of the seed (5 mm slices on a
+asked for: the scanned length depends on the seed only, so a quick probe of the seed (2 mm slices on a
 64 x 64 matrix) measures it first.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-_PROBE_SPACING_MM = 5.0
+_PROBE_SPACING_MM = 2.0  # the length is known to within this, mm
 _PROBE_MATRIX = 64
 _META = "benchmark-study.json"
 # PhantomConfig's accepted slice spacing range, mm.
@@ -85,10 +85,10 @@ def scanned_length_mm(preset: str, seed: int) -> float:
 
 
 def spacing_for_slices(length_mm: float, slices: int) -> float:
-    """The slice spacing (mm, rounded to 0.01) that gives about ``slices`` slices over ``length_mm``."""
+    """The slice spacing (mm, rounded to 0.001) that gives about ``slices`` slices over ``length_mm``."""
     if slices < 2:
         raise ValueError(f"a study needs at least 2 slices, not {slices}")
-    spacing = round(length_mm / (slices - 1), 2)
+    spacing = round(length_mm / (slices - 1), 3)
     low, high = _SPACING_RANGE_MM
     if not low <= spacing <= high:
         raise ValueError(f"{slices} slices over {length_mm:.0f} mm need {spacing} mm slices; the synthetic "
