@@ -17,10 +17,13 @@ the output layer are the base model's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import multiprocessing
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +125,7 @@ def fine_tune(
         raise TrainingDataError(f"dataset {dataset_name} has labels {labels}, the base model {base_labels}")
     configuration = _configuration(base_plans, schedule)
     dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
-    with ws.activate():
+    with ws.activate(), _spawned_workers():
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
             extract_fingerprint_dataset,
             preprocess_dataset,
@@ -188,3 +191,19 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+@contextlib.contextmanager
+def _spawned_workers() -> Iterator[None]:
+    """Let nnU-Net's fingerprint and preprocessing pools start their workers with "spawn".
+
+    Fine-tuning runs inside servers (the annotation server) that already run threads. nnU-Net's pools
+    use the default start method, "fork" on Linux, and a child forked while another thread holds a lock
+    waits for it forever: the fine-tuning hung at the fingerprint step. The previous method is restored.
+    """
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(previous, force=True)

@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configuration = get_configuration(args.config)
     if args.epochs is not None:
         configuration = configuration.replace(
-            num_epochs=args.epochs, description=f"{configuration.description}; shortened to {args.epochs} epochs")
+            num_epochs=args.epochs, description=f"{configuration.description}; {args.epochs} epochs instead")
     settings = Settings(
         workspace=args.workspace.expanduser().resolve(), model_folder=args.model_folder, card=args.card,
         training_seeds=args.training_seeds, evaluation_seeds=args.evaluation_seeds, configuration=configuration,
@@ -511,9 +511,9 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
     default_epochs = CONFIGURATIONS[info["configuration"]].num_epochs if info.get("configuration") in CONFIGURATIONS \
         else None
     if default_epochs is not None and schedule.get("num_epochs") != default_epochs:
-        lines += ["", f"The schedule was shortened to {schedule.get('num_epochs')} epochs with `--epochs` "
-                      f"(the `{info.get('configuration')}` configuration's default is {default_epochs}) to fit the "
-                      "time available on a shared 2-core machine."]
+        change = "shortened" if schedule.get("num_epochs", 0) < default_epochs else "lengthened"
+        lines += ["", f"The schedule was {change} to {schedule.get('num_epochs')} epochs with `--epochs` "
+                      f"(the `{info.get('configuration')}` configuration's default is {default_epochs})."]
     lines += ["", "## Evaluation", ""]
     if evaluation is None:
         lines.append("Not evaluated yet.")
