@@ -22,6 +22,7 @@ import copy
 import json
 import logging
 import multiprocessing
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -136,6 +137,9 @@ def fine_tune(
         plans = _plans_for(base_plans, dataset_name, configuration, schedule)
         plans_file = ws.preprocessed / dataset_name / f"{configuration.plans_identifier}.json"
         plans_file.write_text(json.dumps(plans, indent=4) + "\n", encoding="utf-8")
+        # nnU-Net's planner puts dataset.json beside the plans and preprocessing reads it from there;
+        # fine-tuning keeps the base model's plans and skips the planner, so it copies the file itself.
+        shutil.copyfile(ws.raw / dataset_name / "dataset.json", ws.preprocessed / dataset_name / "dataset.json")
         preprocess_dataset(dataset_id, configuration.plans_identifier, configurations=(NNUNET_CONFIGURATION,),
                            num_processes=(num_processes,), verbose=False)
     logger.info("fine-tuning %s from %s (%s) on %s: %d epochs x %d iterations", dataset_name, base.name,
