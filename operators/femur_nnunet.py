@@ -29,6 +29,7 @@ import highdicom as hd
 import numpy as np
 
 from operators.femur_classical import LEFT_LABEL, RIGHT_LABEL
+from operators.nnunet_predictor import load_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -124,20 +125,9 @@ class NnUNetFemurSegmenter:
     def _load(self):
         if self._predictor is None:
             import torch
-            from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-            device = torch.device(self.device)
-            predictor = nnUNetPredictor(
-                tile_step_size=self.tile_step_size,
-                use_gaussian=True,
-                use_mirroring=self.use_mirroring,
-                perform_everything_on_device=device.type == "cuda",
-                device=device,
-                allow_tqdm=False,
-            )
-            predictor.initialize_from_trained_model_folder(
-                str(self.model_folder), use_folds=self.folds, checkpoint_name=self.checkpoint_name
-            )
+            predictor = load_predictor(self.model_folder, device=torch.device(self.device), folds=self.folds,
+                                       checkpoint_name=self.checkpoint_name, use_mirroring=self.use_mirroring,
+                                       tile_step_size=self.tile_step_size)
             self._predictor = predictor
             logger.info("loaded femur model (folds %s) on %s", ",".join(map(str, self.folds)), self.device)
         return self._predictor

@@ -30,6 +30,7 @@ import highdicom as hd
 import numpy as np
 
 from operators.errors import InputError, ModelFolderError
+from operators.nnunet_predictor import load_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -344,23 +345,10 @@ class LesionModel:
         *,
         source: Path,
     ) -> LesionModel:
-        # nnU-Net is imported here, not at module level, so that importing this module (e.g. for
-        # to_nnunet_input in a dataset builder) stays cheap.
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
         folds = _check_model_folder(folder, folds, checkpoint)
-        predictor = nnUNetPredictor(
-            tile_step_size=tile_step_size,
-            use_gaussian=True,
-            use_mirroring=use_mirroring,
-            perform_everything_on_device=device.type == "cuda",
-            device=device,
-            verbose=False,
-            verbose_preprocessing=False,
-            allow_tqdm=False,
-        )
         try:
-            predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds, checkpoint_name=checkpoint)
+            predictor = load_predictor(folder, device=device, folds=folds, checkpoint_name=checkpoint,
+                                       use_mirroring=use_mirroring, tile_step_size=tile_step_size)
         except Exception as error:  # noqa: BLE001 - any failure to load is a problem with the model folder
             if "Could not find requested nnunet trainer" in str(error):
                 raise ModelFolderError(
