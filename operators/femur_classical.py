@@ -377,6 +377,15 @@ def _segment_canonical(
     bone = _fill_slices((coarse > cfg.bone_threshold_hu) & body)
     midline_mm = _midline(body, cspacing[2])
     _, tracks = find_shaft_tracks(bone, coarse, cspacing, criteria=cfg.shaft, midline_mm=midline_mm)
+    if not tracks and midline_mm is not None:
+        # The "midline" can be the centre of a single leg: with one thigh in view and the other cut by
+        # the field of view, the cut leg is a small piece the body mask drops, and the leg left is
+        # untruncated. Its femur then sits on that false midline and is rejected; a body midline never
+        # runs through a femoral shaft, so look again without it.
+        _, tracks = find_shaft_tracks(bone, coarse, cspacing, criteria=cfg.shaft, midline_mm=None)
+        if tracks:
+            logger.debug("the body midline at %.0f mm ran through the only shaft run(s); ignoring it", midline_mm)
+            midline_mm = None
     tracks = choose_femur_tracks(tracks, cspacing[0])
     logger.debug(
         "coarse pass: factors %s, %d shaft run(s) in %.1f s", factors, len(tracks), time.perf_counter() - t0

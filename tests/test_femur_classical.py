@@ -66,3 +66,17 @@ def test_a_one_femur_study_yields_that_femur_only():
     split = split_femurs(phantom.ct)
     assert set(split.femurs) == {"right"}
     assert _dice(split.femurs["right"].full_mask(), phantom.femur_mask("right")) > 0.9
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_one_thigh_in_view_beside_a_leg_cut_by_the_field_of_view(side):
+    # A field of view centred on one leg that clips the other: the clipped leg is a sliver the body
+    # mask drops, so the leg in view looks like a whole body whose midline runs through its femur.
+    # Standard-preset anatomy at a coarse pixel and slice spacing keeps this under a minute.
+    phantom = generate_phantom(1012, "standard", femurs_in_view=(side,), pixel_spacing=1.477, matrix=328,
+                               slice_spacing=3.0, noise_sd=44.8, lesions=1, cysts=False, knees_in_view=True)
+    other = "right" if side == "left" else "left"
+    assert not phantom.femur_mask(other).any()
+    split = split_femurs(phantom.ct)
+    assert set(split.femurs) == {side}, split.notes
+    assert _dice(split.femurs[side].full_mask(), phantom.femur_mask(side)) > 0.93
