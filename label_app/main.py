@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,14 @@ class FemurLesionLabelApp(MONAILabelApp):
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         return {"uncertainty": UncertaintyScoring(self.model)}
+
+    def server_mode(self, mode: bool) -> None:
+        super().server_mode(mode)
+        served = sys.modules.get("monailabel.app")  # the FastAPI application uvicorn runs, when it is MONAI Label's
+        if mode and served is not None:
+            from lib.ohif import install
+
+            install(served.app)  # the bundled OHIF with the annotation script (port, save button)
 
     def info(self) -> dict[str, Any]:
         info = super().info()

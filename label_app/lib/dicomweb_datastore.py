@@ -228,4 +228,17 @@ class HighdicomDICOMWebDatastore(DICOMWebDatastore):
                 "train": len(labeled)}
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
-        return {"SeriesInstanceUID": image_id, "path": os.path.join(self._datastore.image_path(), image_id)}
+        """The series' UIDs and modality; ``/activelearning`` returns them, and OHIF's panel opens the study.
+
+        MONAI Label logs what ``/activelearning`` returns: no patient attributes here.
+        """
+        info: dict[str, Any] = {"SeriesInstanceUID": image_id,
+                                "path": os.path.join(self._datastore.image_path(), image_id)}
+        found = self._client.search_for_series(search_filters={"SeriesInstanceUID": image_id},
+                                               fields=["StudyInstanceUID", "Modality"])
+        if found:
+            series = Dataset.from_json(found[0])
+            for key in ("StudyInstanceUID", "Modality"):
+                if key in series:
+                    info[key] = str(series[key].value)
+        return info

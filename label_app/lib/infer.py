@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
+import numpy as np
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
@@ -27,19 +28,47 @@ from .pipeline import VersionedModel, model_has_cyst, run_pipeline
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FemurLesionInfer", "RESULT_EXTENSIONS"]
+__all__ = ["FemurLesionInfer", "RESULT_EXTENSIONS", "SLICE_ORDERS", "ascending_slices"]
 
 #: Label file formats the task writes; ``.nrrd`` is what the OHIF panel asks for.
 RESULT_EXTENSIONS = (".nrrd", ".nii.gz", ".nii")
+#: Slice orders of the label file: the series' as loaded, or ascending along the image plane's normal.
+SLICE_ORDERS = ("loaded", "ascending")
+
+
+def ascending_slices(labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The label volume with its slices in ascending order along the normal of the image plane.
+
+    OHIF (cornerstone) stacks a series into a volume in that order (the normal is the row direction
+    times the column direction, as in DICOM), with each slice's pixels as stored, and MONAI Label's
+    panel copies the label file's voxels into that volume as they come. Geometry stays exact: when the
+    slices are reversed, so is the affine's slice axis.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        (z, y, x) = (slice, row, column).
+    affine : np.ndarray
+        4 x 4, index (z, y, x) -> LPS mm.
+    """
+    affine = np.asarray(affine, dtype=float)
+    normal = np.cross(affine[:3, 2], affine[:3, 1])  # row direction (along x) x column direction (along y)
+    if float(np.dot(affine[:3, 0], normal)) >= 0:
+        return labels, affine
+    flipped = affine.copy()
+    flipped[:3, 3] = affine[:3, 3] + affine[:3, 0] * (labels.shape[0] - 1)
+    flipped[:3, 0] = -affine[:3, 0]
+    return np.ascontiguousarray(labels[::-1]), flipped
 
 
 class FemurLesionInfer(InferTask):
     """Femur, lytic lesion (and cyst) labels of one CT series by the deploy pipeline and the current model.
 
     Request keys: ``image`` (the series' DICOM folder, from the datastore), ``result_extension``
-    (``.nrrd`` by default, ``.nii.gz`` or ``.nii``). Returns the label file (uint8, array (z, y, x) of
-    the series as loaded, affine to LPS mm in the header) and a JSON with the label names and values,
-    the model version and the stage timings (s).
+    (``.nrrd`` by default, ``.nii.gz`` or ``.nii``), ``slice_order`` (``loaded``, the default, or
+    ``ascending``: see :func:`ascending_slices`; the OHIF page's script asks for it). Returns the label
+    file (uint8, array (z, y, x) of the series, affine to LPS mm in the header) and a JSON with the label
+    names and values, the model version and the stage timings (s).
     """
 
     def __init__(self, model: VersionedModel, *, description: str = "Femurs and lytic lesions (nnU-Net)") -> None:
@@ -74,7 +103,14 @@ class FemurLesionInfer(InferTask):
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(error)) from error
 
         labels = label_volume(result.segmentation)
-        volume = hd.Volume(labels, result.loaded.volume.affine, "PATIENT")
+        slice_order = str(request.get("slice_order") or "loaded")
+        if slice_order not in SLICE_ORDERS:
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT,
+                                      f"slice_order must be one of {', '.join(SLICE_ORDERS)}")
+        affine = result.loaded.volume.affine
+        if slice_order == "ascending":
+            labels, affine = ascending_slices(labels, affine)
+        volume = hd.Volume(labels, affine, "PATIENT")
         handle, name = tempfile.mkstemp(suffix=extension, prefix="femur-labels-")
         os.close(handle)
         write_volume(name, volume)
@@ -91,5 +127,6 @@ class FemurLesionInfer(InferTask):
             "femurs": sorted(result.segmentation.femurs),
             "no_femur_reason": result.segmentation.no_femur_reason,
             "shape_zyx": list(labels.shape),
+            "slice_order": slice_order,
             "latencies": seconds,
         }
