@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "build" / "label")
     parser.add_argument("--studies", type=int, default=3, help="synthetic studies to load into Orthanc")
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--port", type=int, default=8000, help="MONAI Label port (the OHIF panel expects 8000)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="MONAI Label port (any port: the OHIF page it serves points its panel at it)")
     parser.add_argument("--orthanc-port", type=int, default=8042)
     parser.add_argument("--device", default=os.environ.get("FEMUR_LESION_DEVICE", "auto"))
     args = parser.parse_args(argv)
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with LocalOrthanc(folder=args.work / "orthanc", http_port=args.orthanc_port, password="femur-label") as pacs:
         client = OrthancClient(url=pacs.url, auth=pacs.auth)
+        study_uid = "<study UID>"
         for folder in studies:
             files = sorted(p for p in folder.rglob("*") if p.is_file())
             study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
                    "--studies", pacs.dicomweb_url, "-i", "127.0.0.1", "-p", str(args.port),
                    "--conf", "device", args.device, "--conf", "models", str(args.work / "model-store")]
-        logger.info("MONAI Label on http://127.0.0.1:%d (Ctrl-C stops it and Orthanc)", args.port)
+        logger.info("MONAI Label on http://127.0.0.1:%d (Ctrl-C stops it and Orthanc); annotate in OHIF at "
+                    "http://127.0.0.1:%d/ohif/monai-label?StudyInstanceUIDs=%s", args.port, args.port, study_uid)
         server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, start_new_session=True)
         try:
             return server.wait()
