@@ -127,6 +127,7 @@ def _receive(args: argparse.Namespace) -> int:
     config = _config(args)
     client = _checked_client(config) if config.results.method == "stow" else None
     queue = _queue(config)
+    config.receive.spool.mkdir(mode=0o700, parents=True, exist_ok=True)  # received images: service user only
     receiver = Receiver(settings=config.receive, queue=queue, rules=config.rules)
     receiver.recover()
     try:
@@ -159,7 +160,8 @@ def _serve(config: GatewayConfig, args: argparse.Namespace, client: OrthancClien
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     count = args.workers or config.queue.workers
-    config.queue.work_dir.mkdir(parents=True, exist_ok=True)
+    # The work folder holds patients' images: the service's user only.
+    config.queue.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def make_worker(index: int) -> Worker:
         # Each worker has its own connection to the queue and to the PACS.

@@ -49,10 +49,14 @@ class WatchSettings:
 @dataclass(frozen=True)
 class ReceiveSettings:
     """``receive``: the C-STORE receiver. A study is queued once no image of it arrived for ``quiet_s``
-    seconds and no association still sends it. ``allowed_calling_aets`` empty: any caller."""
+    seconds and no association still sends it. ``allowed_calling_aets`` empty: any caller.
+
+    ``host`` is the address listened on: loopback by default, so that nothing outside the machine can
+    send images until the receiver is opened on purpose (``host = "0.0.0.0"`` or the address of one
+    interface, best with ``allowed_calling_aets`` set)."""
 
     aet: str = "FEMURGW"
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 11112
     spool: Path = Path("spool")
     quiet_s: float = 10.0

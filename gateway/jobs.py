@@ -14,6 +14,8 @@ States::
 * A running job carries a lease (owner, expiry time). The worker renews it (:meth:`JobQueue.heartbeat`)
   while it works; when a worker is killed its lease runs out and another worker claims the job. Only the
   lease owner can complete or fail a job, so a worker that lost its lease cannot overwrite the outcome.
+* :meth:`JobQueue.retry` of a failed job keeps what it recorded (the results manifest), so outputs that
+  were ready but refused by the PACS are stored as they are; a done job retried runs again from scratch.
 * Every claim counts as an attempt, including one whose worker died, so a study that kills its worker
   every time ends ``failed`` instead of looping.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -128,6 +131,10 @@ class JobQueue:
         self.policy = policy or RetryPolicy()
         self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Readable by the service's user only (StudyInstanceUIDs, error lines); SQLite gives its
+            # journal files the same permissions.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         # One connection per queue object; the lock makes the object safe to share between threads.
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -181,9 +188,12 @@ class JobQueue:
                 action: Literal["created", "requeued", "unchanged"] = "created"
                 job_id = int(cursor.lastrowid or 0)
             elif row["state"] in ("done", "failed") and force:
+                # A failed job keeps its results manifest: outputs that were ready (e.g. refused by the
+                # PACS) are stored as they are instead of being computed again under new UIDs.
                 db.execute(
                     "UPDATE jobs SET source = ?, state = 'queued', attempts = 0, next_attempt_at = ?,"
-                    " lease_owner = NULL, lease_expires_at = NULL, last_error = NULL, results = NULL,"
+                    " lease_owner = NULL, lease_expires_at = NULL, last_error = NULL,"
+                    " results = CASE WHEN state = 'failed' THEN results ELSE NULL END,"
                     " finished_at = NULL, updated_at = ? WHERE id = ?", (source_json, now, now, row["id"]))
                 action, job_id = "requeued", int(row["id"])
             elif row["state"] == "queued":

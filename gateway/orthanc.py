@@ -35,6 +35,7 @@ _TAG_FAILED_SOP_SEQUENCE = "00081198"
 _TAG_FAILURE_REASON = "00081197"
 _TAG_REFERENCED_SOP_SEQUENCE = "00081199"
 _TAG_REFERENCED_SOP_INSTANCE_UID = "00081155"
+_TAG_SOP_INSTANCE_UID = "00080018"
 
 
 class PacsError(Exception):
@@ -200,6 +201,18 @@ class OrthancClient:
 
     # ---------------------------------------------------------------------------------------------
     # DICOMweb
+
+    def has_instance(self, study_uid: str, sop_instance_uid: str) -> bool:
+        """Whether the study holds the instance with this SOPInstanceUID (QIDO-RS)."""
+        response = self._request("GET", f"{self.dicomweb_url}/studies/{study_uid}/instances",
+                                 what="QIDO-RS instance query", params={"SOPInstanceUID": sop_instance_uid},
+                                 headers={"Accept": "application/dicom+json"})
+        if response.status_code == 204 or not response.content:
+            return False
+        try:
+            return any(sop_instance_uid in _values(entry, _TAG_SOP_INSTANCE_UID) for entry in response.json())
+        except (ValueError, TypeError, AttributeError):
+            raise PacsError("QIDO-RS instance query: the answer is not DICOM JSON") from None
 
     def stow(self, study_uid: str, files: Sequence[Path]) -> list[str]:
         """Store DICOM files into a study with STOW-RS; returns the stored SOPInstanceUIDs.

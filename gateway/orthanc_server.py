@@ -55,7 +55,10 @@ class LocalOrthanc:
     """A local Orthanc process; use as a context manager (``with LocalOrthanc(folder=...) as pacs``).
 
     ``folder`` holds config.json, the database, the storage and ``orthanc.log``. ``modalities`` becomes
-    ``DicomModalities`` (name -> [AET, host, port]) so that Orthanc can send studies to a receiver.
+    ``DicomModalities`` (name -> [AET, host, port]) so that Orthanc can send studies to a receiver;
+    ``lua_scripts`` become ``LuaScripts`` (e.g. a ``ReceivedInstanceFilter`` that refuses instances).
+    The password is random unless given. Stopped and started again, the server keeps its ports,
+    storage and database (and so its change feed).
     """
 
     folder: Path
@@ -66,6 +69,7 @@ class LocalOrthanc:
     modalities: Mapping[str, tuple[str, str, int]] = field(default_factory=dict)
     http_port: int = 0
     dicom_port: int = 0
+    lua_scripts: tuple[Path, ...] = ()
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -98,6 +102,7 @@ class LocalOrthanc:
             "DicomCheckCalledAet": False,
             "StableAge": self.stable_age_s,
             "DicomModalities": {name: list(entry) for name, entry in self.modalities.items()},
+            "LuaScripts": [str(path) for path in self.lua_scripts],
             "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT + "/", "EnableWado": True,
                          "WadoRoot": "/wado", "Ssl": False, "StowMaxInstances": 0, "StowMaxSize": 0},

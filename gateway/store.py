@@ -1,8 +1,10 @@
 """Sending results (SEG, SR) back into the study in the PACS: DICOMweb STOW-RS or DICOM C-STORE.
 
-Both keep the files' SOPInstanceUIDs, so sending the same files twice (after a crash between sending
-and recording the job as done) leaves one copy in a PACS that, like Orthanc, keeps the first instance
-of a SOPInstanceUID.
+Both keep the files' SOPInstanceUIDs. Before storing, the worker asks the store which of a job's
+instances the PACS already holds (:meth:`ResultStore.present`) and sends only the others, so that an
+upload repeated after a crash, a refusal or a lost answer never leaves a second copy. STOW-RS can ask
+(QIDO-RS); plain C-STORE cannot, and then relies on the PACS keeping one instance per SOPInstanceUID
+(as Orthanc does).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class ResultStore(Protocol):
         """Store DICOM files into the study; returns their SOPInstanceUIDs; raises PacsError."""
         ...
 
+    def present(self, study_uid: str, sop_instance_uids: Sequence[str]) -> set[str] | None:
+        """Which of these instances the study in the PACS already holds; None when the store cannot
+        tell. Raises PacsError."""
+        ...
+
 
 class StowStore:
     """STOW-RS into the DICOMweb server of an :class:`OrthancClient` (any DICOMweb server works)."""
@@ -52,6 +59,9 @@ class StowStore:
         if not files:
             return []
         return self.client.stow(study_uid, files)
+
+    def present(self, study_uid: str, sop_instance_uids: Sequence[str]) -> set[str] | None:
+        return {uid for uid in sop_instance_uids if self.client.has_instance(study_uid, uid)}
 
 
 class CStoreStore:
@@ -85,3 +95,6 @@ class CStoreStore:
         finally:
             association.release()
         return stored
+
+    def present(self, study_uid: str, sop_instance_uids: Sequence[str]) -> set[str] | None:
+        return None  # a C-STORE peer cannot be asked; the PACS keeps one instance per SOPInstanceUID

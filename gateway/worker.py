@@ -2,22 +2,31 @@
 
 One job, step by step (folder ``<work_dir>/job-<id>/``):
 
-1. If an earlier attempt already produced outputs and recorded them in the queue (it was stopped while
-   storing), those same files are stored again: same SOPInstanceUIDs, so the PACS keeps one copy.
+1. If an earlier attempt already produced outputs and recorded them in the queue (it was stopped or
+   refused while storing), those same files are stored again: same SOPInstanceUIDs. Were the files lost
+   meanwhile, the PACS is asked whether it holds the recorded instances: all there, the job is done
+   without running anything; none there, the application runs again; some there, the job fails for good
+   with that reason (a new run would put a second SEG beside the first).
 2. Otherwise the qualifying series are copied into ``input/`` (downloaded from Orthanc, or hard-linked
    from the receiver's spool), and ``python -m app -i input -o output-<attempt> -m MODEL`` runs in its
-   own process, with a timeout, dying with the gateway (so a killed gateway leaves no orphan).
-3. Exit 0: seg.dcm and sr.dcm (whichever exist) are recorded in the queue, then stored (STOW-RS or
+   own process, with a timeout, dying with the gateway (so a killed gateway leaves no orphan). A run
+   that fails (or is stopped) has its output folder removed, so nothing partial is ever stored.
+3. Exit 0: seg.dcm and sr.dcm (whichever exist) are recorded in the queue with their SOPInstanceUIDs
+   (the results manifest), then the instances the PACS does not already hold are stored (STOW-RS or
    C-STORE), then the job is done and its folder removed.
    Exit 2 (a problem with the input or model): failed for good, with the application's one-line reason.
-   Exit 1, a crash, a timeout or a PACS problem: tried again after the backoff.
+   Exit 1, a crash or a signal (e.g. a full disk, the process killed), a timeout or a PACS problem
+   (unreachable, refused the upload): tried again after the backoff, until the attempts are used up.
 
 While it works the worker renews the job's lease every third of ``lease_s``; if the lease is lost (the
 queue gave the job to another worker) it stops the application and leaves the outcome to the other.
+The application's peak resident memory (sampled from /proc about twice a second) and run time are
+logged and kept in the job's results.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
@@ -32,7 +41,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import pydicom
 
 from gateway.config import AppSettings
 from gateway.jobs import Job, JobQueue
@@ -45,6 +56,8 @@ RESULT_FILES = ("seg.dcm", "sr.dcm")  # what goes back into the PACS, in this or
 _STACK_BYTES = 32 * 1024 * 1024  # Holoscan wants 32 MB of stack (ulimit -s 32768)
 _PR_SET_PDEATHSIG = 1
 _APP_EXIT_INPUT = 2
+_STDERR_LINES = 200  # last lines of the application's standard error kept for its error line
+_MEMORY_SAMPLE_S = 0.5  # seconds between samples of the application's peak memory
 
 
 class JobFailure(Exception):
@@ -65,11 +78,13 @@ class ShuttingDown(Exception):
 
 @dataclass(frozen=True)
 class AppRun:
-    """Outcome of one run of the application: exit status, the error line (stderr), seconds taken."""
+    """Outcome of one run of the application: exit status, the error line (stderr), seconds taken and
+    peak resident memory in MiB (None where /proc cannot tell)."""
 
     status: int
     error: str
     seconds: float
+    peak_rss_mb: float | None = None
 
 
 class Worker:
@@ -152,40 +167,80 @@ class Worker:
     def _process(self, job: Job) -> dict[str, Any]:
         job_dir = self._job_dir(job)
         job_dir.mkdir(parents=True, exist_ok=True)
-        outputs = self._recorded_outputs(job)
-        if outputs is not None:
+        earlier = _manifest(job.results)
+        if earlier is not None and all(Path(entry["file"]).is_file() for entry in earlier):
             logger.info("job %d (study %s): storing the outputs of an earlier attempt", job.id, job.key)
-        else:
-            input_dir = job_dir / "input"
-            shutil.rmtree(input_dir, ignore_errors=True)  # never trust a partial copy of an earlier attempt
-            count = self._gather_input(job, input_dir)
-            logger.info("job %d (study %s): %d image(s) gathered, running the application", job.id, job.key, count)
-            output_dir = job_dir / f"output-{job.attempts}"
-            shutil.rmtree(output_dir, ignore_errors=True)
+            return self._store(job, earlier, run=None)
+        if earlier:
+            # The files of an earlier attempt are gone (e.g. the work folder was cleaned): what reached
+            # the PACS decides, never a second SEG beside the first.
+            self._check_lease(job)
+            uids = [entry["sop_instance_uid"] for entry in earlier]
+            present = self.store.present(job.study_uid, uids)
+            if present is not None and present >= set(uids):
+                logger.info("job %d (study %s): the results of an earlier attempt are all in the PACS", job.id,
+                            job.key)
+                return _results(earlier, sent=[], run=None)
+            if present:
+                raise JobFailure("the results of an earlier attempt are partly in the PACS and their files are "
+                                 "gone; remove them from the study, then retry", permanent=True)
+        manifest, run = self._produce(job)
+        return self._store(job, manifest, run=run)
+
+    def _produce(self, job: Job) -> tuple[list[dict[str, str]], AppRun]:
+        """Gather the input, run the application and record its outputs (the results manifest)."""
+        job_dir = self._job_dir(job)
+        input_dir = job_dir / "input"
+        shutil.rmtree(input_dir, ignore_errors=True)  # never trust a partial copy of an earlier attempt
+        count = self._gather_input(job, input_dir)
+        logger.info("job %d (study %s): %d image(s) gathered, running the application", job.id, job.key, count)
+        output_dir = job_dir / f"output-{job.attempts}"
+        shutil.rmtree(output_dir, ignore_errors=True)
+        try:
             run = self._run_app(job, input_dir, output_dir)
             if run.status != 0:
-                what = run.error or f"the application ended with status {run.status}"
+                what = run.error or _status_text(run.status)
                 if run.status == _APP_EXIT_INPUT:
                     raise JobFailure(what, permanent=True)
                 raise JobFailure(f"application exit {run.status}: {what}", permanent=False)
             outputs = [output_dir / name for name in RESULT_FILES if (output_dir / name).is_file()]
-            logger.info("job %d (study %s): application done in %.0f s; outputs: %s", job.id, job.key, run.seconds,
-                        ", ".join(p.name for p in outputs) or "none to store")
-            self._check_lease(job)
-            # Recorded before storing: a worker that takes over after a crash stores these same files.
-            self.queue.record_results(job.id, owner=self.name, results={"outputs": [str(p) for p in outputs]})
+            manifest = [_describe(path) for path in outputs]
+        except BaseException:
+            # Whatever a failed or stopped run left (a half-written file on a full disk) goes: only a
+            # complete run's outputs are ever recorded or stored.
+            shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+        memory = "" if run.peak_rss_mb is None else f", peak memory {run.peak_rss_mb:.0f} MiB"
+        logger.info("job %d (study %s): application done in %.0f s%s; outputs: %s", job.id, job.key, run.seconds,
+                    memory, ", ".join(p.name for p in outputs) or "none to store")
         self._check_lease(job)
-        stored = self.store.store(job.study_uid, outputs)
-        logger.info("job %d (study %s): stored %s in the PACS", job.id, job.key,
-                    ", ".join(p.name for p in outputs) or "nothing")
-        return {"stored": [p.name for p in outputs], "sop_instance_uids": stored}
+        # Recorded before storing: a worker that takes over after a crash stores these same files, or
+        # finds them in the PACS.
+        self.queue.record_results(job.id, owner=self.name, results={
+            "outputs": [str(p) for p in outputs], "instances": manifest})
+        return manifest, run
 
-    def _recorded_outputs(self, job: Job) -> list[Path] | None:
-        recorded = (job.results or {}).get("outputs")
-        if recorded is None:
-            return None
-        paths = [Path(p) for p in recorded]
-        return paths if all(p.is_file() for p in paths) else None
+    def _store(self, job: Job, manifest: list[dict[str, str]], *, run: AppRun | None) -> dict[str, Any]:
+        """Store the manifest's instances that the PACS does not hold yet; returns the job's results."""
+        self._check_lease(job)
+        uids = [entry["sop_instance_uid"] for entry in manifest]
+        present = (self.store.present(job.study_uid, uids) if manifest else None) or set()
+        send = [entry for entry in manifest if entry["sop_instance_uid"] not in present]
+        if present:
+            logger.info("job %d (study %s): already in the PACS, not sent again: %s", job.id, job.key,
+                        ", ".join(Path(e["file"]).name for e in manifest if e["sop_instance_uid"] in present))
+        self.store.store(job.study_uid, [Path(entry["file"]) for entry in send])
+        if send:
+            # A PACS may answer an upload with success and keep nothing (Orthanc's DICOMweb plugin does so
+            # for instances its ReceivedInstanceFilter refuses): what counts is what it holds afterwards.
+            held = self.store.present(job.study_uid, [entry["sop_instance_uid"] for entry in send])
+            missing = [Path(e["file"]).name for e in send if held is not None and e["sop_instance_uid"] not in held]
+            if missing:
+                raise PacsError(f"the PACS accepted the upload but does not hold {', '.join(missing)} "
+                                "(refused by its filters?)")
+        logger.info("job %d (study %s): stored %s in the PACS", job.id, job.key,
+                    ", ".join(Path(e["file"]).name for e in send) or "nothing")
+        return _results(manifest, sent=send, run=run)
 
     def _check_lease(self, job: Job) -> None:
         if self.stop.is_set():
@@ -219,34 +274,49 @@ class Worker:
         raise JobFailure(f"unknown job source {source.get('kind')!r}", permanent=True)
 
     def _run_app(self, job: Job, input_dir: Path, output_dir: Path) -> AppRun:
-        """Run the application on ``input_dir``; renews the lease while it runs."""
+        """Run the application on ``input_dir``; renews the lease and samples its memory while it runs."""
         command = [*self.app.command, "-i", str(input_dir), "-o", str(output_dir), "-m", str(self.app.model)]
         log_path = output_dir.with_name(output_dir.name + ".log")
         err_path = output_dir.with_name(output_dir.name + ".err")
         heartbeat_s = max(self.queue.policy.lease_s / 3.0, 0.2)
         started = time.monotonic()
-        with open(log_path, "wb") as log, open(err_path, "wb") as err:
-            process = subprocess.Popen(command, stdout=log, stderr=err, stdin=subprocess.DEVNULL, env=self._app_env(),
-                                       cwd=self._job_dir(job), preexec_fn=_child_setup)
+        last_heartbeat = started
+        peak_kb: int | None = None
+        with open(log_path, "wb") as log:
+            # Standard error comes through a pipe and its last lines are kept in memory: the error line
+            # must reach the queue even when the disk is full.
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                       env=self._app_env(), cwd=self._job_dir(job), preexec_fn=_child_setup)
+            assert process.stderr is not None
+            tail: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+            reader = threading.Thread(target=_drain, args=(process.stderr, err_path, tail), daemon=True,
+                                      name=f"app-stderr-{job.id}")
+            reader.start()
             try:
                 while True:
+                    peak_kb = max(filter(None, (peak_kb, _peak_rss_kb(process.pid))), default=None)
                     try:
-                        process.wait(timeout=heartbeat_s)
+                        process.wait(timeout=min(heartbeat_s, _MEMORY_SAMPLE_S))
                         break
                     except subprocess.TimeoutExpired:
                         pass
-                    if time.monotonic() - started > self.app.timeout_s:
+                    now = time.monotonic()
+                    if now - started > self.app.timeout_s:
                         raise JobFailure(f"the application did not finish within {self.app.timeout_s:.0f} s",
                                          permanent=False)
-                    self._check_lease(job)
+                    if now - last_heartbeat >= heartbeat_s:
+                        self._check_lease(job)
+                        last_heartbeat = now
             finally:
                 if process.poll() is None:
                     process.kill()
                     process.wait()
-        lines = [line for line in err_path.read_text(errors="replace").splitlines() if line.strip()]
+                reader.join(timeout=10)
+        lines = [line for line in tail if line.strip()]
         error = next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")),
                      lines[-1] if lines else "")
-        return AppRun(status=process.returncode, error=error.strip(), seconds=time.monotonic() - started)
+        return AppRun(status=process.returncode, error=error.strip(), seconds=time.monotonic() - started,
+                      peak_rss_mb=None if peak_kb is None else peak_kb / 1024.0)
 
     def _app_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOLOSCAN_")}  # -i/-o/-m decide
@@ -261,6 +331,97 @@ class Worker:
     def _discard_spool(self, job: Job) -> None:
         if job.source.get("kind") == "spool":
             shutil.rmtree(str(job.source["folder"]), ignore_errors=True)
+
+
+def _describe(path: Path) -> dict[str, str]:
+    """One entry of the results manifest: the file, its SOPInstanceUID and modality (no patient data)."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        return {"file": str(path), "sop_instance_uid": str(header.SOPInstanceUID), "modality": str(header.Modality)}
+    except (OSError, AttributeError, pydicom.errors.InvalidDicomError) as error:
+        raise JobFailure(f"the application's output {path.name} is not readable DICOM ({type(error).__name__})",
+                         permanent=False) from None
+
+
+def _manifest(results: dict[str, Any] | None) -> list[dict[str, str]] | None:
+    """The results manifest recorded by an earlier attempt, or None. Outputs recorded without their
+    SOPInstanceUIDs (by an older gateway) are read again when their files are still there."""
+    if not results:
+        return None
+    if isinstance(results.get("instances"), list):
+        return [dict(entry) for entry in results["instances"]]
+    if isinstance(results.get("outputs"), list):
+        paths = [Path(p) for p in results["outputs"]]
+        return [_describe(p) for p in paths] if all(p.is_file() for p in paths) else None
+    return None
+
+
+def _results(manifest: list[dict[str, str]], *, sent: list[dict[str, str]], run: AppRun | None) -> dict[str, Any]:
+    """What a done job keeps: the files now in the PACS, their SOPInstanceUIDs, what this attempt sent
+    and, when it ran the application, its run time (s) and peak memory (MiB)."""
+    results: dict[str, Any] = {
+        "stored": [Path(entry["file"]).name for entry in manifest],
+        "sop_instance_uids": [entry["sop_instance_uid"] for entry in manifest],
+        "sent": [Path(entry["file"]).name for entry in sent],
+        "instances": manifest,
+    }
+    if run is not None:
+        results["app_seconds"] = round(run.seconds, 3)
+        results["app_peak_rss_mb"] = None if run.peak_rss_mb is None else round(run.peak_rss_mb, 1)
+    return results
+
+
+def _drain(stream: IO[bytes], path: Path, tail: collections.deque[str]) -> None:
+    """Copy the application's standard error to ``path`` (best effort: the disk may be full) and keep its
+    last lines in ``tail``."""
+    out: IO[bytes] | None = None
+    try:
+        out = open(path, "wb")  # noqa: SIM115 - closed below; may fail on a full disk
+    except OSError:
+        pass
+    try:
+        with stream:
+            for raw in stream:
+                tail.append(raw.decode(errors="replace").rstrip("\r\n"))
+                if out is not None:
+                    try:
+                        out.write(raw)
+                        out.flush()
+                    except OSError:
+                        _close_quietly(out)
+                        out = None
+    finally:
+        if out is not None:
+            _close_quietly(out)
+
+
+def _close_quietly(file: IO[bytes]) -> None:
+    try:
+        file.close()
+    except OSError:  # the last buffered bytes did not fit on the disk
+        pass
+
+
+def _status_text(status: int) -> str:
+    """Words for an exit status without an error line; a negative status is the signal that ended it."""
+    if status < 0:
+        try:
+            return f"the application was ended by signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"the application was ended by signal {-status}"
+    return f"the application ended with status {status}"
+
+
+def _peak_rss_kb(pid: int) -> int | None:
+    """Peak resident memory of a live process (VmHWM, KiB), or None (ended, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _link_series(folder: Path, input_dir: Path, series: set[str]) -> int:

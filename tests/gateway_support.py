@@ -3,6 +3,7 @@ and process, and reading back what the PACS holds."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.jobs import Job, JobQueue
 from gateway.orthanc import OrthancClient
 from gateway.orthanc_server import DICOMWEB_PLUGIN, LocalOrthanc, orthanc_binary
 from gateway.store import CStoreStore
@@ -117,3 +119,74 @@ def wait_for(condition: Callable[[], Any], *, timeout_s: float, what: str, log: 
         time.sleep(interval_s)
     details = "" if log is None or not log.is_file() else "\n--- gateway log (end)\n" + log.read_text()[-6000:]
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}{details}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Fault, load and privacy tests: a quick stand-in application, small studies, what the PACS holds
+
+
+STANDIN_APP = REPO_ROOT / "tests" / "standin_app.py"
+
+
+def standin_command(*prefix: str) -> list[str]:
+    """The stand-in application (tests/standin_app.py) as ``app.command``, after ``prefix`` (e.g. prlimit)."""
+    return [*prefix, sys.executable, str(STANDIN_APP)]
+
+
+def filter_script(folder: Path) -> Path:
+    """An Orthanc Lua ``ReceivedInstanceFilter`` steered by flag files in ``folder``: while
+    ``hold-<Modality>`` exists, instances of that modality wait; while ``refuse-<Modality>`` exists, they
+    are refused. Orthanc's DICOMweb plugin still answers such a STOW-RS with success."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "filter.lua"
+    script.write_text(f"""
+local folder = {json.dumps(str(folder) + "/")}
+local function exists(name)
+  local f = io.open(folder .. name, "r")
+  if f then f:close() return true end
+  return false
+end
+function ReceivedInstanceFilter(dicom, origin, info)
+  local modality = dicom["Modality"] or ""
+  while exists("hold-" .. modality) do os.execute("sleep 0.1") end
+  return not exists("refuse-" .. modality)
+end
+""")
+    return script
+
+
+def job_of(database: Path, study_uid: str) -> Job | None:
+    """The queue's job for a study (a fresh connection each call), or None."""
+    with JobQueue(path=database) as queue:
+        return queue.find(study_uid)
+
+
+def finished_job(database: Path, study_uid: str, *, timeout_s: float, log: Path | None = None) -> Job:
+    """Wait until the study's job is done or failed; returns it."""
+    return wait_for(lambda: (j := job_of(database, study_uid)) is not None and j.state in ("done", "failed") and j,
+                    timeout_s=timeout_s, what="the job to finish", log=log)
+
+
+def results_in_pacs(pacs: LocalOrthanc, study_uid: str) -> dict[str, list[str]]:
+    """SOPInstanceUIDs of the study's SEG and SR instances in Orthanc."""
+    by_modality = client_of(pacs).instances_by_modality(study_uid)
+    return {m: by_modality.get(m, []) for m in ("SEG", "SR")}
+
+
+def processes_matching(marker: str) -> list[int]:
+    """Ids of live processes whose command line contains ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def gateway_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway ARGS`` to the end; its output as text."""
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
