@@ -10,9 +10,12 @@ app's annotation script. As an annotator would, through the page's DOM:
 2. run Auto-Segmentation from the panel: OHIF's labelmap, placed by its own geometry onto the CT's grid,
    equals the deploy pipeline's labels for that series (computed here independently), segment names
    matched to the app's labels;
-3. correct it: a block of femur voxels becomes lytic lesion (an edit of the labelmap, as a brush does);
+3. correct it with the brush the app's script adds to the panel: segment "lytic lesion", Brush, a stroke
+   of the mouse over a femur in the axial view (real mouse events): only voxels of that slice, within the
+   brush's radius, become lytic lesion;
 4. press "Save label": a new DICOM-SEG is in the study in Orthanc, reads back (highdicom, against the CT)
-   with the CT's grid and equal to the corrected labels, and the server counts it as a final label.
+   with the CT's grid and equal to the corrected labels as OHIF holds them, and the server counts it as a
+   final label.
 
 A screenshot of the segmented study is kept in ``test-artifacts/``.
 """
@@ -31,6 +34,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from scipy import ndimage
 
 from gateway.orthanc import OrthancClient
 from gateway.orthanc_server import LocalOrthanc, OrthancUnavailableError
@@ -89,22 +93,14 @@ _LABELMAP_JS = """(() => {
   return {data: btoa(text), dimensions: Array.from(volume.dimensions), spacing: Array.from(volume.spacing),
           direction: Array.from(volume.direction), origin: Array.from(volume.origin), segments};
 })()"""
-# The correction: segment `to` over the voxels of segment `from` in a block around a voxel of it.
-_EDIT_JS = """((from, to, centre, half) => {
-  const volume = window.services.segmentationService.getLabelmapVolume('1');
-  const [nx, ny, nz] = volume.dimensions;
-  const manager = volume.voxelManager;
-  const changed = [];
-  for (let z = centre[2] - half; z <= centre[2] + half; z++) {
-    for (let y = centre[1] - half; y <= centre[1] + half; y++) {
-      for (let x = centre[0] - half; x <= centre[0] + half; x++) {
-        const i = x + nx * (y + ny * z);
-        if (manager.getAtIndex(i) === from) { manager.setAtIndex(i, to); changed.push(i); }
-      }
-    }
-  }
-  window.cornerstoneTools.segmentation.triggerSegmentationEvents.triggerSegmentationDataModified('1');
-  return changed.length;
+# Where a point (LPS mm) is on the page, in the axial viewport showing its slice (CSS pixels).
+_POINT_ON_PAGE_JS = """(world => {
+  const viewport = window.services.cornerstoneViewportService.getCornerstoneViewport('mpr-axial');
+  viewport.jumpToWorld(world);
+  viewport.render();
+  const [x, y] = viewport.worldToCanvas(world);
+  const box = viewport.canvas.getBoundingClientRect();
+  return {x: box.left + x, y: box.top + y};
 })"""
 
 
@@ -163,6 +159,15 @@ def _seg_file(orthanc: LocalOrthanc, series: pydicom.Dataset) -> pydicom.Dataset
     [found] = requests.post(f"{orthanc.url}/tools/lookup", data=sop_uid, auth=orthanc.auth, timeout=30).json()
     answer = requests.get(f"{orthanc.url}/instances/{found['ID']}/file", auth=orthanc.auth, timeout=60)
     return pydicom.dcmread(io.BytesIO(answer.content))
+
+
+def _drag(page: Page, x: float, y: float) -> None:
+    """A short stroke with the left mouse button from (x, y), as a hand on the mouse makes it."""
+    page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+    page.call("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", buttons=1, clickCount=1)
+    page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x + 2, y=y + 1, button="left", buttons=1)
+    page.call("Input.dispatchMouseEvent", type="mouseReleased", x=x + 2, y=y + 1, button="left", buttons=0,
+              clickCount=1)
 
 
 def _open_and_connect(page: Page, server: LabelServer) -> None:
@@ -235,19 +240,39 @@ def test_annotator_round_trip_in_monai_labels_ohif(pacs, lesion_model: Path, tmp
             f"OHIF shows {int((in_ohif != expected).sum())} voxel(s) other than the model's labels "
             f"({int((expected > 0).sum())} labelled)")
 
-        # 3. The annotator's correction: femur voxels around a femur voxel become lytic lesion.
+        # 3. The annotator's correction, with the panel's brush: lytic lesion painted into the middle of a femur.
         segment_of = {name: int(index) for index, name in labelmap["segments"].items()}
-        nx, ny, _ = labelmap["dimensions"]
-        voxels = np.frombuffer(base64.b64decode(labelmap["data"]), dtype=np.uint8)
-        femur_voxels = np.flatnonzero(voxels == segment_of["femur"])
-        centre = int(femur_voxels[len(femur_voxels) // 2])
-        xyz = [centre % nx, (centre // nx) % ny, centre // (nx * ny)]
-        changed = page.evaluate(f"({_EDIT_JS})({segment_of['femur']}, {segment_of['lytic lesion']}, "
-                                f"{json.dumps(xyz)}, 1)")
-        assert changed > 0
-        corrected = _labelmap_on_ct_grid(page.evaluate(_LABELMAP_JS), loaded, app_labels)
-        assert int((corrected != expected).sum()) == changed
-        assert set(np.unique(corrected[corrected != expected]).tolist()) == {app_labels.index("lytic lesion") + 1}
+        nx, ny, nz = labelmap["dimensions"]
+        before = np.frombuffer(base64.b64decode(labelmap["data"]), dtype=np.uint8).reshape(nz, ny, nx)
+        femur = before == segment_of["femur"]
+        k = int(np.argmax(femur.sum(axis=(1, 2))))
+        inside = np.argwhere(ndimage.binary_erosion(femur[k], iterations=3))
+        j, i = (int(v) for v in inside[len(inside) // 2])
+        direction = np.asarray(labelmap["direction"], dtype=float).reshape(3, 3)
+        spacing = np.asarray(labelmap["spacing"], dtype=float)
+        world = np.asarray(labelmap["origin"]) + direction.T @ (spacing * [i, j, k])
+        page.evaluate("(() => { const select = document.getElementById('femurLesionSegment');"
+                      "select.dispatchEvent(new Event('focus'));"
+                      f"select.value = '{segment_of['lytic lesion']}';"
+                      "select.dispatchEvent(new Event('change')); })()")
+        page.evaluate("document.getElementById('femurLesionToolBrush').click()")
+        assert page.evaluate("window.services.toolGroupService.getToolGroup('mpr')"
+                             ".getActivePrimaryMouseButtonTool()") == "CircularBrush", page.evaluate(
+            "document.getElementById('femurLesionSaveStatus').textContent")
+        point = page.evaluate(f"({_POINT_ON_PAGE_JS})({json.dumps(world.tolist())})")
+        _drag(page, point["x"], point["y"])
+        edited = page.wait_for(_LABELMAP_JS, timeout_s=30, what="the brush stroke in OHIF's labelmap",
+                               check=lambda value: value["data"] != labelmap["data"])
+        after = np.frombuffer(base64.b64decode(edited["data"]), dtype=np.uint8).reshape(nz, ny, nx)
+        painted = np.argwhere(after != before)
+        assert set(after[after != before].tolist()) == {segment_of["lytic lesion"]}
+        assert set(painted[:, 0].tolist()) == {k}, "the brush paints the axial slice shown"
+        radius_mm = float(page.evaluate("document.getElementById('femurLesionBrushSize').value"))
+        distances = np.linalg.norm((painted[:, ::-1] - [i, j, k]) * spacing, axis=1)
+        assert distances.max() <= radius_mm + spacing.max(), distances
+        page.evaluate("document.getElementById('femurLesionToolDone').click()")
+        corrected = _labelmap_on_ct_grid(edited, loaded, app_labels)
+        assert int((corrected != expected).sum()) == len(painted)
 
         # 4. Save.
         assert _seg_series(orthanc, study_uid) == []

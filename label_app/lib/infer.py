@@ -66,7 +66,8 @@ class FemurLesionInfer(InferTask):
 
     Request keys: ``image`` (the series' DICOM folder, from the datastore), ``result_extension``
     (``.nrrd`` by default, ``.nii.gz`` or ``.nii``), ``slice_order`` (``loaded``, the default, or
-    ``ascending``: see :func:`ascending_slices`; the OHIF page's script asks for it). Returns the label
+    ``ascending``: see :func:`ascending_slices`; the OHIF page's script asks for it), ``result_compress``
+    (default true; the OHIF panel asks for false). Returns the label
     file (uint8, array (z, y, x) of the series, affine to LPS mm in the header) and a JSON with the label
     names and values, the model version and the stage timings (s).
     """
@@ -113,7 +114,8 @@ class FemurLesionInfer(InferTask):
         volume = hd.Volume(labels, affine, "PATIENT")
         handle, name = tempfile.mkstemp(suffix=extension, prefix="femur-labels-")
         os.close(handle)
-        write_volume(name, volume)
+        compress = str(request.get("result_compress", True)).strip().lower() not in ("false", "0", "no")
+        write_volume(name, volume, compress=compress)
         info = result.segmentation.model
         seconds = {**{k: round(v, 2) for k, v in result.seconds.items()},
                    "total": round(time.perf_counter() - started, 2)}

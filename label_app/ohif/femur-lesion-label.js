@@ -21,6 +21,9 @@
  *    XMLHttpRequest) ask the app for that slice order ("slice_order": "ascending").
  * 4. The panel's Active Learning strategy list has no change handler: "Next Sample" always asks for the
  *    strategy "random". Its requests go to the strategy the list shows instead (e.g. "uncertainty").
+ * 5. The "monai-label" mode sets up cornerstone's brush and eraser but shows no control for them (its
+ *    segmentation toolbox is in no panel of its layout). The panel gets a "Correct" row: the segment to
+ *    paint, Brush, Eraser, the brush radius (mm), and Done (back to window/level).
  *
  * window.femurLesionLabel.saveLabel() does what the button does (and returns the server's answer).
  */
@@ -184,11 +187,61 @@
     return JSON.parse(text);
   }
 
-  function notify(message, type) {
+  /** The panel's segments, index -> name. */
+  function segments() {
+    const segmentation = services().segmentationService.getSegmentation(SEGMENTATION_ID);
+    const names = {};
+    for (const [index, segment] of Object.entries((segmentation && segmentation.segments) || {})) {
+      if (segment) {
+        names[index] = segment.label;
+      }
+    }
+    return names;
+  }
+
+  /** Fill the segment list from the panel's segmentation (it exists once the panel is connected). */
+  function refreshSegments(select) {
+    let names = {};
+    try {
+      names = segments();
+    } catch (error) {
+      return;
+    }
+    const wanted = select.value;
+    select.replaceChildren(...Object.entries(names).map(([index, name]) => new Option(name, index)));
+    if (wanted && names[wanted]) {
+      select.value = wanted;
+    }
+  }
+
+  /** Make cornerstone's tool `toolName` the left-button tool of every viewport (OHIF's own command). */
+  function useTool(toolName, select, size) {
+    const { segmentationService, toolGroupService } = services();
+    if (toolName !== 'WindowLevel') {
+      refreshSegments(select);
+      if (!select.value) {
+        throw new Error('no segmentation to correct: connect and run the model (Auto-Segmentation) first');
+      }
+      segmentationService.setActiveSegment(SEGMENTATION_ID, Number(select.value));
+    }
+    window.commandsManager.runCommand('setToolActiveToolbar', { toolName });
+    const radius = Number(size.value);
+    if (toolName !== 'WindowLevel' && radius > 0) {
+      for (const id of toolGroupService.getToolGroupIds()) {
+        window.cornerstoneTools.utilities.segmentation.setBrushSizeForToolGroup(id, radius);
+      }
+    }
+  }
+
+  /** Show a message under the button and, unless `toast` is false, as an OHIF notification. */
+  function notify(message, type, toast = true) {
     const status = document.getElementById(STATUS_ID);
     if (status) {
       status.textContent = message;
       status.dataset.state = type;
+    }
+    if (!toast) {
+      return;
     }
     try {
       services().uiNotificationService.show({ title: 'MONAI Label', message, type, duration: 5000 });
@@ -212,6 +265,53 @@
     }
   }
 
+  /** "Correct: [segment] Brush Eraser [radius] Done", the controls of item 5 in the header. */
+  function correctionRow() {
+    const row = document.createElement('div');
+    row.style.marginTop = '6px';
+    row.style.color = 'white';
+    row.style.fontSize = 'smaller';
+    const select = document.createElement('select');
+    select.id = 'femurLesionSegment';
+    select.title = 'The segment the brush paints';
+    select.style.color = 'black';
+    select.addEventListener('focus', () => refreshSegments(select));
+    select.addEventListener('mousedown', () => refreshSegments(select));
+    select.addEventListener('change', () => {
+      services().segmentationService.setActiveSegment(SEGMENTATION_ID, Number(select.value));
+    });
+    const size = document.createElement('input');
+    size.id = 'femurLesionBrushSize';
+    size.type = 'number';
+    size.min = '1';
+    size.max = '50';
+    size.value = '5';
+    size.title = 'Brush radius (mm)';
+    size.style.width = '3.5em';
+    size.style.color = 'black';
+    const tools = [['Brush', 'CircularBrush'], ['Eraser', 'CircularEraser'], ['Done', 'WindowLevel']];
+    const buttons = tools.map(([text, toolName]) => {
+      const tool = document.createElement('button');
+      tool.type = 'button';
+      tool.className = 'actionButton';
+      tool.id = 'femurLesionTool' + text;
+      tool.textContent = text;
+      tool.style.padding = '0 6px';
+      tool.style.marginLeft = '4px';
+      tool.addEventListener('click', () => {
+        try {
+          useTool(toolName, select, size);
+          notify(text === 'Done' ? 'Window/level on the left button' : text + ' on the left button', 'tool', false);
+        } catch (error) {
+          notify(error.message, 'error');
+        }
+      });
+      return tool;
+    });
+    row.append('Correct: ', select, ...buttons.slice(0, 2), ' mm ', size, buttons[2]);
+    return row;
+  }
+
   /** Add the button to the MONAI Label panel whenever the panel is (re)drawn without it. */
   function addButton() {
     const panel = document.querySelector('.monaiLabelPanel');
@@ -232,7 +332,7 @@
     status.id = STATUS_ID;
     status.style.fontSize = 'smaller';
     status.style.color = 'white';
-    box.append(button, status);
+    box.append(button, status, correctionRow());
     const settings = panel.querySelector('.settingsTable');
     if (settings && settings.nextSibling) {
       panel.insertBefore(box, settings.nextSibling);
