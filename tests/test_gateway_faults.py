@@ -138,7 +138,8 @@ def test_orthanc_restarted_mid_run_the_upload_is_retried_and_the_watcher_resumes
         template: list[Path], tmp_path: Path, study: tuple[str, list[Path]]) -> None:
     later = clone_study(template, tmp_path / "later", index=2)
     for pacs in start_orthanc(tmp_path / "orthanc"):
-        config = _config(tmp_path, pacs, delay_s=3.0, queue={"max_attempts": 6})
+        # Retries 5 s apart: the outage (and the status read during it) fits before the second attempt.
+        config = _config(tmp_path, pacs, delay_s=3.0, queue={"max_attempts": 6, "backoff_base_s": 5.0})
         log, database, work = tmp_path / "gateway.log", tmp_path / "gateway.sqlite", tmp_path / "work"
         gateway = start_gateway("watch", config, log)
         try:
