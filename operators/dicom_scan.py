@@ -33,7 +33,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from operators.errors import InputError
+from operators.errors import InputError, printable
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,10 @@ class InstanceInfo:
     header : pydicom.dataset.Dataset
         The file's header without pixel data. It is what a DICOM SEG writer needs from a source image
         (patient, study, series, frame of reference and image plane attributes).
+    pixel_data_offset : int or None
+        Offset in the file where the header ends: the start of the PixelData element, or the file's
+        size when it has none. Lets the loader check, before allocating anything, that the file holds
+        the pixel data its header declares. None where unknown.
     """
 
     path: Path
@@ -133,6 +137,7 @@ class InstanceInfo:
     number_of_frames: int
     transfer_syntax_uid: str
     header: Dataset = field(repr=False)
+    pixel_data_offset: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,27 +178,27 @@ class SeriesInfo:
     @property
     def modality(self) -> str:
         """Modality of the series (e.g. ``"CT"``), upper case; empty where absent."""
-        return str(self.header.get("Modality", "") or "").upper()
+        return str(_get(self.header, "Modality") or "").upper()
 
     @property
     def series_number(self) -> int | None:
         """SeriesNumber, or None where absent or empty."""
-        return _as_int(self.header.get("SeriesNumber"))
+        return _as_int(_get(self.header, "SeriesNumber"))
 
     @property
     def series_description(self) -> str:
         """SeriesDescription, empty where absent."""
-        return str(self.header.get("SeriesDescription", "") or "")
+        return str(_get(self.header, "SeriesDescription") or "")
 
     @property
     def image_type(self) -> tuple[str, ...]:
         """ImageType values, upper case (e.g. ``("ORIGINAL", "PRIMARY", "AXIAL")``)."""
-        return _as_str_tuple(self.header.get("ImageType"))
+        return _as_str_tuple(_get(self.header, "ImageType"))
 
     @property
     def convolution_kernel(self) -> tuple[str, ...]:
         """ConvolutionKernel values (reconstruction kernel), as stored."""
-        value = self.header.get("ConvolutionKernel")
+        value = _get(self.header, "ConvolutionKernel")
         if value is None or value == "":
             return ()
         if isinstance(value, str):
@@ -203,7 +208,7 @@ class SeriesInfo:
     @property
     def frame_of_reference_uid(self) -> str:
         """FrameOfReferenceUID of the first instance, empty where absent."""
-        return str(self.header.get("FrameOfReferenceUID", "") or "")
+        return str(_get(self.header, "FrameOfReferenceUID") or "")
 
     @property
     def n_instances(self) -> int:
@@ -252,7 +257,8 @@ class SeriesInfo:
         text = f"series {number if number is not None else '?'} ({uid})"
         if self.series_description:
             text += f" '{self.series_description}'"
-        return text
+        # Tag values may hold control characters (a terminal escape, a newline): never pass them on.
+        return printable(" ".join(text.split()))
 
 
 @dataclass(frozen=True, eq=False)
@@ -370,6 +376,12 @@ def scan_dicom_folder(root: Path, *, follow_symlinks: bool = True) -> StudyIndex
     if n_files == 0:
         raise InputError(f"input folder {root} holds no files")
     if not instances:
+        dicomdirs = [s for s in skipped if s.reason.startswith("DICOMDIR")]
+        if dicomdirs and len(dicomdirs) == len(skipped):
+            raise InputError(
+                f"no DICOM image in {root}: it holds only a DICOMDIR ({dicomdirs[0].path}); the images it "
+                "lists are not there (copy the whole medium, not the DICOMDIR alone)"
+            )
         reasons = Counter(s.reason.split(":")[0] for s in skipped)
         summary = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common(3))
         raise InputError(f"no DICOM file found among {n_files} files in {root} ({summary})")
@@ -446,30 +458,37 @@ def _walk_files(root: Path, *, follow_symlinks: bool, skipped: list[SkippedFile]
 def _read_instance(path: Path, relative: Path) -> InstanceInfo | SkippedFile:
     """Read one file's header; return what the index keeps, or why the file is skipped."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(_PREAMBLE_LENGTH + len(_MAGIC))
+        fh = open(path, "rb")  # noqa: SIM115 - closed below, after pydicom has read the header from it
     except OSError as exc:
         return SkippedFile(relative, f"unreadable: {exc.strerror or exc}")
-
-    has_preamble = head[_PREAMBLE_LENGTH:] == _MAGIC
-    if not has_preamble and not head.startswith(_RAW_DATASET_PREFIXES):
-        return SkippedFile(relative, "not DICOM: no DICM marker")
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=not has_preamble)
-    except InvalidDicomError as exc:
-        return SkippedFile(relative, f"not DICOM: {exc}")
-    except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
-        return SkippedFile(relative, f"unreadable: {exc.strerror or exc}")
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types (also OSError) for damaged headers
-        return SkippedFile(relative, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
+    with fh:
+        try:
+            head = fh.read(_PREAMBLE_LENGTH + len(_MAGIC))
+        except OSError as exc:
+            return SkippedFile(relative, f"unreadable: {exc.strerror or exc}")
+        has_preamble = head[_PREAMBLE_LENGTH:] == _MAGIC
+        if not has_preamble and not head.startswith(_RAW_DATASET_PREFIXES):
+            return SkippedFile(relative, "not DICOM: no DICM marker")
+        try:
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=not has_preamble)
+            pixel_data_offset = _pixel_data_offset(fh)
+        except InvalidDicomError as exc:
+            return SkippedFile(relative, f"not DICOM: {exc}")
+        except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
+            return SkippedFile(relative, f"unreadable: {exc.strerror or exc}")
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types (also OSError) for damaged headers
+            return SkippedFile(relative, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
 
     meta = getattr(ds, "file_meta", None) or Dataset()
-    media_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
+    if str(_get(meta, "TransferSyntaxUID") or "") == _DEFLATED:
+        pixel_data_offset = None  # pydicom read a decompressed copy; the file's position says nothing
+    media_class = str(_get(meta, "MediaStorageSOPClassUID") or "")
     if media_class == MEDIA_STORAGE_DIRECTORY_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return SkippedFile(relative, "DICOMDIR: directory of the media; its images are found by the walk")
 
-    sop_class = str(ds.get("SOPClassUID", "") or "") or media_class
-    sop_instance = str(ds.get("SOPInstanceUID", "") or "") or str(meta.get("MediaStorageSOPInstanceUID", "") or "")
+    sop_class = str(_get(ds, "SOPClassUID") or "") or media_class
+    sop_instance = str(_get(ds, "SOPInstanceUID") or "") or str(_get(meta, "MediaStorageSOPInstanceUID") or "")
     # pydicom stops quietly at the end of a truncated header, and force=True accepts any bytes. Both
     # attributes are type 1 in every composite IOD (their values may be empty in anonymised data, the
     # elements are still there), so without them what was read is not a usable DICOM object.
@@ -488,9 +507,34 @@ def _read_instance(path: Path, relative: Path) -> InstanceInfo | SkippedFile:
         rows=_as_int(_get(ds, "Rows")),
         columns=_as_int(_get(ds, "Columns")),
         number_of_frames=_as_int(_get(ds, "NumberOfFrames")) or 1,
-        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "") or ""),
+        transfer_syntax_uid=str(_get(meta, "TransferSyntaxUID") or ""),
         header=ds,
+        pixel_data_offset=pixel_data_offset,
     )
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+# Tags at which pydicom's stop_before_pixels stops: (7FE0,0008/0009/0010), little and big endian.
+_PIXEL_TAGS = frozenset(
+    group_element
+    for element in (0x0008, 0x0009, 0x0010)
+    for group_element in (
+        (0x7FE0).to_bytes(2, "little") + element.to_bytes(2, "little"),
+        (0x7FE0).to_bytes(2, "big") + element.to_bytes(2, "big"),
+    )
+)
+
+
+def _pixel_data_offset(fh: Any) -> int | None:
+    """Where the header read with stop_before_pixels ended: at a pixel data tag or at the end of the file.
+
+    None where the position is not one of those (a deflated dataset is read from a decompressed copy).
+    """
+    offset = fh.tell()
+    tag = fh.read(4)
+    if tag == b"" or tag in _PIXEL_TAGS:
+        return int(offset)
+    return None
 
 
 def _group(instances: list[InstanceInfo]) -> dict[str, StudyInfo]:

@@ -23,6 +23,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from operators.atomic_files import atomic_output_path
+from operators.patient_identity import identity_for_copy, patient_values_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -214,22 +215,26 @@ def build_segmentation(
         channels={"SegmentNumber": list(range(1, len(segments) + 1))},
     )
     descriptions = [seg.spec.describe(i, algorithm) for i, seg in enumerate(segments, start=1)]
-    return hd.seg.Segmentation(
-        source_images=list(source_datasets),
-        pixel_array=volume,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=software_version,
-        device_serial_number=device_serial_number,
-        series_description=series_description,
-        omit_empty_frames=True,
-    )
+    # highdicom copies the patient and study identity from the first source dataset: a missing or
+    # unconvertible value must not stop the run, and no value may reach the log.
+    source_images = [identity_for_copy(source_datasets[0]), *source_datasets[1:]]
+    with patient_values_hidden():
+        return hd.seg.Segmentation(
+            source_images=source_images,
+            pixel_array=volume,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=manufacturer,
+            manufacturer_model_name=algorithm.name,
+            software_versions=software_version,
+            device_serial_number=device_serial_number,
+            series_description=series_description,
+            omit_empty_frames=True,
+        )
 
 
 def read_segment_masks(seg: Dataset | Path, ct: hd.Volume) -> dict[str, np.ndarray]:

@@ -35,7 +35,6 @@ report's evidence lists every CT instance (and the SEG), so the CT is referenced
 
 from __future__ import annotations
 
-import copy
 import logging
 import uuid
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ from pydicom.sr.coding import Code
 from operators.dicom_seg import AlgorithmInfo, SegmentSpec, write_dataset
 from operators.errors import InputError
 from operators.lesion_findings import UNKNOWN_LOCATION, FemurFindings, StudyFindings
+from operators.patient_identity import identity_for_copy, patient_values_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -159,23 +159,24 @@ def build_findings_sr(
         name="Femoral lytic lesion findings",
         responsible_organization=manufacturer,
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report[0],
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=software_version,
-        series_description=series_description,
-        institution_name=institution_name,
-        # The algorithm's complete statement, preliminary until a radiologist has read it.
-        is_complete=True,
-        is_final=False,
-        coding_schemes=[scheme],
-    )
+    with patient_values_hidden():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report[0],
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=manufacturer,
+            manufacturer_model_name=algorithm.name,
+            software_versions=software_version,
+            series_description=series_description,
+            institution_name=institution_name,
+            # The algorithm's complete statement, preliminary until a radiologist has read it.
+            is_complete=True,
+            is_final=False,
+            coding_schemes=[scheme],
+        )
     logger.info(
         "SR built: series %s, %d femur(s) in view, SEG %s",
         sr.SeriesInstanceUID,
@@ -286,12 +287,9 @@ def _evidence(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
     if len(studies) != 1:
         raise InputError(f"source CT datasets of series {series} belong to {len(studies)} studies")
-    missing = [name for name in _PATIENT_STUDY_TYPE2 if name not in first]
-    if missing:
-        first = copy.copy(first)
-        for name in missing:
-            setattr(first, name, "")
-        datasets[0] = first
+    # Missing type 2 attributes are written empty (never invented), values highdicom cannot convert are
+    # emptied, and the source header itself is left as it is.
+    datasets[0] = identity_for_copy(first, required=_PATIENT_STUDY_TYPE2)
     return datasets
 
 

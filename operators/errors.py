@@ -14,8 +14,15 @@ class FemurSegError(Exception):
     exit_code: int = 2
 
     def __init__(self, message: str) -> None:
-        # Keep messages on one line whatever the caller passed in.
-        super().__init__(" ".join(str(message).split()))
+        # Keep messages on one line whatever the caller passed in, and printable: a file name or a tag
+        # value may hold control characters (a terminal escape) or, for a file name that is not UTF-8,
+        # lone surrogates that no terminal can show.
+        super().__init__(printable(" ".join(str(message).split())))
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (controls, lone surrogates) replaced by '?'."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 class InputError(FemurSegError):

@@ -36,7 +36,7 @@ import numpy as np
 from pydicom.datadict import tag_for_keyword
 
 from operators.dicom_scan import PATIENT_IDENTIFYING_KEYWORDS, SeriesInfo, StudyIndex, slice_normal
-from operators.errors import NoSuitableSeriesError
+from operators.errors import NoSuitableSeriesError, printable
 
 logger = logging.getLogger(__name__)
 
@@ -338,8 +338,19 @@ def rejection_reason(series: SeriesInfo, rules: SelectionRules) -> str | None:
             "multi-frame image (e.g. Enhanced CT) is not supported; "
             "export the series as classic single-frame CT images"
         )
-    if any(i.rows is None or i.image_position is None or i.image_orientation is None for i in series.instances):
-        return "not an image series with patient geometry (no Rows/ImagePositionPatient/ImageOrientationPatient)"
+    colour = _colour_reason(series)
+    if colour is not None:
+        return colour
+    for instance in sorted(series.instances, key=lambda i: str(i.relative_path)):
+        lacking = [keyword for keyword, value in (("Rows", instance.rows),
+                                                  ("ImagePositionPatient", instance.image_position),
+                                                  ("ImageOrientationPatient", instance.image_orientation))
+                   if value is None]
+        if lacking:
+            return (
+                "not an image series with patient geometry: "
+                f"{instance.relative_path} lacks {', '.join(lacking)} (or has an invalid value)"
+            )
     if rules.orientation is not None:
         deviation = _orientation_deviation_deg(series, rules.orientation)
         if deviation is None:
@@ -351,7 +362,35 @@ def rejection_reason(series: SeriesInfo, rules: SelectionRules) -> str | None:
             )
     n_positions = series.n_positions
     if n_positions < rules.min_slices:
-        return f"{n_positions} distinct slice positions, fewer than the {rules.min_slices} required"
+        return (
+            f"{n_positions} distinct slice position{'s' if n_positions != 1 else ''}, "
+            f"fewer than the {rules.min_slices} required"
+        )
+    return None
+
+
+#: Photometric interpretations of a greyscale image (CT is MONOCHROME2; MONOCHROME1 only inverts the display).
+_GREYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
+
+
+def _colour_reason(series: SeriesInfo) -> str | None:
+    """Why the series is not greyscale (colour or palette images), from its headers; None when it is."""
+    for instance in series.instances:
+        header = instance.header
+        try:
+            samples = header.get("SamplesPerPixel")
+            photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
+        except Exception:  # noqa: BLE001 - an unparsable value: left to the decoder, which names the file
+            continue
+        try:
+            samples = int(samples) if samples not in (None, "") else 1
+        except (TypeError, ValueError):
+            samples = 1
+        if samples != 1 or (photometric and photometric not in _GREYSCALE):
+            return (
+                f"not a greyscale image: {instance.relative_path} is {printable(photometric or 'colour')} with "
+                f"{samples} sample{'s' if samples != 1 else ''} per pixel"
+            )
     return None
 
 

@@ -41,8 +41,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from operators.dicom_scan import InstanceInfo, SeriesInfo, scan_dicom_folder
-from operators.errors import PixelDataError, SeriesGeometryError
+from operators.dicom_scan import InstanceInfo, SeriesInfo, StudyIndex, scan_dicom_folder
+from operators.errors import InputError, PixelDataError, SeriesGeometryError
 from operators.series_selection import SelectionRules, select_series
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,12 @@ class GeometryPolicy:
         slices, and largest deviation of the cosines from unit length and orthogonality.
     duplicate_tolerance_mm : float
         Slices closer than this along the normal, in mm, occupy the same position.
+    max_rows_columns : int
+        Largest Rows or Columns accepted (CT images are 512 to 1024 pixels a side). A header declaring
+        more is refused before any memory is allocated: it is damaged or hostile (a "memory bomb").
+    max_voxels : int
+        Largest volume accepted, in voxels (slices x rows x columns); the default, 2**31, is 8 GiB of
+        float32. Larger series are refused before any memory is allocated.
     """
 
     allow_missing_slices: bool = False
@@ -86,8 +92,13 @@ class GeometryPolicy:
     max_shear_deg: float = 0.1
     orientation_tolerance: float = 1e-3
     duplicate_tolerance_mm: float = 0.01
+    max_rows_columns: int = 4096
+    max_voxels: int = 2**31
 
     def __post_init__(self) -> None:
+        for name in ("max_rows_columns", "max_voxels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("spacing_tolerance_mm", "spacing_rtol", "max_shear_deg", "orientation_tolerance",
                      "duplicate_tolerance_mm"):
             value = getattr(self, name)
@@ -228,6 +239,10 @@ def check_series_geometry(series: SeriesInfo, *, policy: GeometryPolicy | None =
         For missing geometry attributes, mixed sizes, pixel spacings or orientations, conflicting
         duplicate positions, fewer than three slice positions, a gantry tilt or sheared stack, missing
         slices or uneven spacing (the last two unless the policy allows them).
+    operators.errors.PixelDataError
+        For declared sizes the loader refuses before allocating memory: Rows or Columns above
+        ``policy.max_rows_columns``, a volume above ``policy.max_voxels``, or an uncompressed file too
+        short to hold the pixel data its header declares. The message names the file.
     """
     return _plan_geometry(series, policy or GeometryPolicy()).report
 
@@ -333,12 +348,15 @@ def load_series_volume(
         array = array.astype(out_dtype)
 
     affine = _affine(plan)
-    volume = hd.Volume(
-        array=array,
-        affine=affine,
-        coordinate_system="PATIENT",
-        frame_of_reference_uid=series.frame_of_reference_uid or None,
-    )
+    try:
+        volume = hd.Volume(
+            array=array,
+            affine=affine,
+            coordinate_system="PATIENT",
+            frame_of_reference_uid=series.frame_of_reference_uid or None,
+        )
+    except ValueError as exc:  # e.g. a geometry that passed the checks but is not orthogonal in float64
+        raise SeriesGeometryError(f"{series.describe()} cannot form a volume: {exc}") from exc
     report = replace(plan.report, duplicates_dropped=tuple(dropped))
     datasets = tuple(_source_header(slot.instance) for slot in plan.slots)
     logger.info(
@@ -397,11 +415,11 @@ def load_study(
 
     policy = policy or GeometryPolicy()
     chosen = selection.series
-    first_error: SeriesGeometryError | None = None
+    first_error: SeriesGeometryError | PixelDataError | None = None
     for candidate in selection.candidates if fallback else selection.candidates[:1]:
         try:
             check_series_geometry(candidate, policy=policy)
-        except SeriesGeometryError as exc:
+        except (SeriesGeometryError, PixelDataError) as exc:
             first_error = first_error or exc
             logger.warning("cannot use %s: %s", candidate.describe(), exc)
             continue
@@ -409,7 +427,7 @@ def load_study(
         break
     else:
         assert first_error is not None
-        raise first_error
+        raise _with_unreadable_files(first_error, index) from first_error
     if chosen is not selection.series:
         logger.warning("falling back to %s", chosen.describe())
 
@@ -426,8 +444,30 @@ def load_study(
     return loaded
 
 
+def _with_unreadable_files(error: InputError, index: StudyIndex) -> InputError:
+    """``error`` with the files the scan could not read named: one of them may be the missing slice."""
+    unreadable = [s for s in index.skipped if s.reason.startswith("unreadable")]
+    if not unreadable or not isinstance(error, SeriesGeometryError):
+        return error
+    listing = ", ".join(str(s.path) for s in unreadable[:3])
+    more = f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
+    return type(error)(
+        f"{error}; {len(unreadable)} file{'s' if len(unreadable) != 1 else ''} of the input could not be read "
+        f"and may belong to it: {listing}{more} ({unreadable[0].reason})"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Geometry planning (headers only)
+
+# Plausible ranges of geometry values (mm): anything outside is a damaged header.
+_MIN_MM = 1e-4
+_MAX_SPACING_MM = 1e4
+_MAX_POSITION_MM = 1e7
+
+#: Transfer syntaxes whose pixel data is stored as is, so that its size follows from the header.
+_NATIVE_SYNTAXES = frozenset({"", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+_EXPLICIT_VR_SYNTAXES = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 
 
 def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
@@ -448,10 +488,20 @@ def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
             )
             if value is None
         ]
+        missing += [keyword for keyword, value in (("Rows", instance.rows), ("Columns", instance.columns))
+                    if value is not None and value < 1]
+        # Values a scanner could have written: spacing from 0.1 micrometre to 10 m, positions within 10 km.
+        if instance.pixel_spacing is not None and not all(_MIN_MM <= v <= _MAX_SPACING_MM
+                                                          for v in instance.pixel_spacing):
+            missing.append("PixelSpacing")
+        if instance.image_position is not None and not all(abs(v) <= _MAX_POSITION_MM
+                                                           for v in instance.image_position):
+            missing.append("ImagePositionPatient")
         if missing:
             raise SeriesGeometryError(
                 f"{instance.relative_path} in {name} lacks {', '.join(missing)} (or has an invalid value)"
             )
+        _check_declared_size(instance, name, policy)
         if instance.number_of_frames > 1:
             raise SeriesGeometryError(
                 f"{instance.relative_path} in {name} is a multi-frame image ({instance.number_of_frames} "
@@ -557,7 +607,7 @@ def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
     if np.any(in_plane > allowed):
         worst = int(np.argmax(in_plane - allowed))
         angle = math.degrees(math.atan2(float(in_plane[worst]), float(abs(along[worst]))))
-        tilt_tag = _float_or_none(series.header.get("GantryDetectorTilt"))
+        tilt_tag = _float_or_none(_header_value(series.header, "GantryDetectorTilt"))
         hint = f"; GantryDetectorTilt is {tilt_tag:g} deg" if tilt_tag else ""
         raise SeriesGeometryError(
             f"{name} is stacked at {angle:.2f} deg to its slice normal (gantry tilt or sheared stack{hint}); "
@@ -572,8 +622,8 @@ def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
         first_gap = int(np.argmax(gap_steps))
         message = (
             f"{name} is missing about {missing} slice{'s' if missing != 1 else ''}: gap of "
-            f"{steps[first_gap]:.2f} mm after {slots[first_gap].instance.relative_path} "
-            f"(median step {median_step:.3g} mm)"
+            f"{steps[first_gap]:.2f} mm after {slots[first_gap].instance.relative_path}, before "
+            f"{slots[first_gap + 1].instance.relative_path} (median step {median_step:.3g} mm)"
         )
         if not policy.allow_missing_slices:
             raise SeriesGeometryError(message)
@@ -593,6 +643,15 @@ def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
         logger.warning("%s; resampled to a regular grid", message)
 
     n_planes = len(slots) + missing
+    rows, columns = reference.rows, reference.columns
+    assert rows is not None and columns is not None
+    n_voxels = (len(slots) + n_planes) * rows * columns if missing or uneven else n_planes * rows * columns
+    if n_voxels > policy.max_voxels:
+        raise PixelDataError(
+            f"{name} would need {n_voxels} voxels ({n_voxels * 4 / 2**30:.1f} GiB as float32; "
+            f"{len(slots)} slices of {rows} x {columns}), more than the limit of {policy.max_voxels}; "
+            f"e.g. {reference.relative_path}"
+        )
     spacing = span / (n_planes - 1)
     grid = slot_offsets[0] + spacing * np.arange(n_planes)
     resampled = bool(missing) or uneven
@@ -602,8 +661,8 @@ def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
         interpolated = tuple(int(i) for i in np.flatnonzero(nearest > policy.duplicate_tolerance_mm))
 
     header = series.header
-    spacing_tag = _float_or_none(header.get("SpacingBetweenSlices"))
-    thickness_tag = _float_or_none(header.get("SliceThickness"))
+    spacing_tag = _float_or_none(_header_value(header, "SpacingBetweenSlices"))
+    thickness_tag = _float_or_none(_header_value(header, "SliceThickness"))
     if spacing_tag is not None and abs(abs(spacing_tag) - spacing) > max(tolerance, 0.01 * spacing):
         message = (
             f"SpacingBetweenSlices {spacing_tag:g} mm in the header of {name} disagrees with the measured "
@@ -612,8 +671,7 @@ def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
         warnings.append(message)
         logger.warning(message)
 
-    rows, columns = reference.rows, reference.columns
-    assert rows is not None and columns is not None and reference.pixel_spacing is not None
+    assert reference.pixel_spacing is not None
     report = GeometryReport(
         n_files=len(instances),
         n_slices=n_planes,
@@ -643,6 +701,50 @@ def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
         slice_direction=direction,
         report=report,
     )
+
+
+def _check_declared_size(instance: InstanceInfo, name: str, policy: GeometryPolicy) -> None:
+    """Refuse, before anything is allocated, an image whose declared size is absurd or not in its file."""
+    rows, columns = instance.rows, instance.columns
+    assert rows is not None and columns is not None
+    if rows > policy.max_rows_columns or columns > policy.max_rows_columns:
+        raise PixelDataError(
+            f"{instance.relative_path} in {name} declares images of {rows} x {columns} pixels; at most "
+            f"{policy.max_rows_columns} x {policy.max_rows_columns} are accepted (damaged or hostile header)"
+        )
+    offset = instance.pixel_data_offset
+    if offset is None:
+        return
+    try:
+        size = os.stat(instance.path).st_size
+    except OSError as exc:
+        raise PixelDataError(f"{instance.relative_path}: cannot read file: {exc.strerror or exc}") from exc
+    if size <= offset:
+        raise PixelDataError(f"{instance.relative_path}: no pixel data")
+    if instance.transfer_syntax_uid not in _NATIVE_SYNTAXES:
+        return  # compressed: the size of the data says nothing about the image's
+    header = instance.header
+    bits = _float_or_none(_header_value(header, "BitsAllocated"))
+    samples = _float_or_none(_header_value(header, "SamplesPerPixel"))
+    if bits is None or bits < 1 or (samples is not None and samples < 1):
+        return  # left to the decoder, which names the file
+    expected = math.ceil(rows * columns * int(samples or 1) * int(bits) / 8)
+    # The PixelData element's own tag, VR and length: 12 bytes in explicit VR, 8 in implicit VR.
+    element_header = 12 if instance.transfer_syntax_uid in _EXPLICIT_VR_SYNTAXES else 8
+    available = size - offset - element_header
+    if available < expected:
+        raise PixelDataError(
+            f"{instance.relative_path}: pixel data cannot be decoded: the file holds {max(available, 0)} bytes "
+            f"of it, the header declares {rows} x {columns} pixels of {int(bits)} bits ({expected} bytes); "
+            "truncated or damaged"
+        )
+
+
+def _header_value(header: Dataset, keyword: str) -> Any:
+    try:
+        return header.get(keyword)
+    except Exception:  # noqa: BLE001 - a malformed value is left to the decoder
+        return None
 
 
 def _format_position(instance: InstanceInfo) -> str:
@@ -723,14 +825,36 @@ def _check_decoders(plan: _Plan) -> None:
             )
 
 
+# (7FE0,0010) PixelData as it starts an element in a little-endian dataset.
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
 def _decode_into(instance: InstanceInfo, out: np.ndarray) -> None:
-    """Decode one file's pixels, rescale to HU and write them into ``out`` (rows, columns) float32."""
+    """Decode one file's pixels, rescale to HU and write them into ``out`` (rows, columns) float32.
+
+    Any failure is a :class:`PixelDataError` naming the file: a damaged file can make pydicom or a
+    decoder raise almost anything (an unknown VR, a malformed value, MemoryError for absurd sizes).
+    """
+    try:
+        _decode_file(instance, out)
+    except PixelDataError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise PixelDataError(
+            f"{instance.relative_path}: pixel data cannot be decoded: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _decode_file(instance: InstanceInfo, out: np.ndarray) -> None:
     path = instance.relative_path
     try:
         ds = pydicom.dcmread(instance.path, force=True)
     except Exception as exc:  # noqa: BLE001
         raise PixelDataError(f"{path}: cannot read file: {type(exc).__name__}: {exc}") from exc
     if "PixelData" not in ds:
+        if _PIXEL_DATA_TAG in Path(instance.path).read_bytes():
+            # pydicom drops an element cut off by the end of the file without a word.
+            raise PixelDataError(f"{path}: pixel data truncated (the file ends inside it)")
         raise PixelDataError(f"{path}: no pixel data")
     if not ds.file_meta.get("TransferSyntaxUID"):
         # A dataset stored without file meta: the encoding pydicom read it with tells the syntax.
@@ -753,22 +877,31 @@ def _decode_into(instance: InstanceInfo, out: np.ndarray) -> None:
         )
     if "ModalityLUTSequence" in ds:
         # Rare in CT; pydicom applies the LUT (its output may be float64, cast per slice).
-        out[...] = pydicom.pixels.apply_modality_lut(stored, ds)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[...] = pydicom.pixels.apply_modality_lut(stored, ds)
+        if not np.isfinite(out).all():
+            raise PixelDataError(f"{path}: the Modality LUT gives values that are not finite numbers")
         return
     slope = _float_or_none(ds.get("RescaleSlope"))
     intercept = _float_or_none(ds.get("RescaleIntercept"))
     slope = 1.0 if slope is None else slope
     intercept = 0.0 if intercept is None else intercept
     # float32 arithmetic throughout: no float64 temporaries of the slice.
-    np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
-    out += np.float32(intercept)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
+        out += np.float32(intercept)
+    # Stored values are at most 32 bits: below this bound the float32 result cannot overflow.
+    if abs(slope) * 2.0**32 + abs(intercept) > 1e38 and not np.isfinite(out).all():
+        raise PixelDataError(
+            f"{path}: RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give values beyond float32"
+        )
 
 
 def _source_header(instance: InstanceInfo) -> Dataset:
     """Header of a source slice for the SEG writer, with empty SOP UIDs taken from the file meta."""
     header = instance.header
-    needs_uid = not str(header.get("SOPInstanceUID", "") or "") and instance.sop_instance_uid
-    needs_class = not str(header.get("SOPClassUID", "") or "") and instance.sop_class_uid
+    needs_uid = not str(_header_value(header, "SOPInstanceUID") or "") and instance.sop_instance_uid
+    needs_class = not str(_header_value(header, "SOPClassUID") or "") and instance.sop_class_uid
     if not (needs_uid or needs_class):
         return header
     # A copy, so that the scan's index keeps what the file holds.
