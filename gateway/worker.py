@@ -18,8 +18,9 @@ One job, step by step (folder ``<work_dir>/job-<id>/``):
    Exit 1, a crash or a signal (e.g. a full disk, the process killed), a timeout or a PACS problem
    (unreachable, refused the upload): tried again after the backoff, until the attempts are used up.
 
-While it works the worker renews the job's lease every third of ``lease_s``; if the lease is lost (the
-queue gave the job to another worker) it stops the application and leaves the outcome to the other.
+While it works the worker renews the job's lease every third of ``lease_s`` (in a background thread, so
+that long downloads and uploads keep it too); if the lease is lost (the queue gave the job to another
+worker) it stops the application and leaves the outcome to the other.
 The application's peak resident memory (sampled from /proc about twice a second) and run time are
 logged and kept in the job's results.
 """
@@ -139,7 +140,8 @@ class Worker:
         if job is None:
             return False
         try:
-            results = self._process(job)
+            with _LeaseKeeper(queue=self.queue, job_id=job.id, owner=self.name):
+                results = self._process(job)
         except JobFailure as failure:
             self.queue.fail(job.id, owner=self.name, error=str(failure), permanent=failure.permanent)
         except PacsError as error:
@@ -331,6 +333,37 @@ class Worker:
     def _discard_spool(self, job: Job) -> None:
         if job.source.get("kind") == "spool":
             shutil.rmtree(str(job.source["folder"]), ignore_errors=True)
+
+
+class _LeaseKeeper:
+    """Renews a job's lease in a background thread, every third of ``lease_s``, while the worker is on it.
+
+    The worker also renews it at each step (:meth:`Worker._check_lease`), but a long download or upload
+    (a large series, a slow PACS) has no steps: without this the lease would run out and a second worker
+    would take the same study while the first is still on it.
+    """
+
+    def __init__(self, *, queue: JobQueue, job_id: int, owner: str) -> None:
+        self.queue, self.job_id, self.owner = queue, job_id, owner
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        interval_s = max(self.queue.policy.lease_s / 3.0, 0.2)
+        while not self._done.wait(interval_s):
+            try:
+                if not self.queue.heartbeat(self.job_id, owner=self.owner):
+                    return  # lost: the worker notices at its next step
+            except Exception:  # noqa: BLE001 - e.g. the database busy for long; the next beat tries again
+                logger.debug("job %d: lease renewal failed", self.job_id, exc_info=True)
 
 
 def _describe(path: Path) -> dict[str, str]:

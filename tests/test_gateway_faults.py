@@ -7,6 +7,8 @@ tens of seconds); the end-to-end tests run the real one.
 * the gateway killed (SIGKILL) while its upload is half done (Orthanc holds the SEG, the SR is still
   arriving): after the restart the job is reclaimed when its lease runs out, finds its results in the
   PACS (results manifest) and ends done without running or sending anything again;
+* an upload that hangs longer than the lease (2 workers): the worker keeps renewing its lease, the other
+  worker does not take the study, one attempt;
 * Orthanc stopped and started again while a study is computed: the upload fails and is retried with
   backoff, the watcher resumes from its saved change sequence and takes a study sent after the restart;
 * the upload refused (a Lua ``ReceivedInstanceFilter`` that refuses SR, which Orthanc's DICOMweb plugin
@@ -132,6 +134,28 @@ def test_the_gateway_killed_during_the_upload_finishes_from_its_manifest_without
         assert text.count("running the application") == 1 and job.results["sent"] == []
         _one_seg_one_sr(pacs, study[0])
         assert sorted(job.results["sop_instance_uids"]) == sorted(sum(results_in_pacs(pacs, study[0]).values(), []))
+
+
+def test_an_upload_longer_than_the_lease_keeps_the_job_with_its_worker(
+        tmp_path: Path, study: tuple[str, list[Path]]) -> None:
+    flags = tmp_path / "flags"
+    for pacs in start_orthanc(tmp_path / "orthanc", lua_scripts=(filter_script(flags),)):
+        config = _config(tmp_path, pacs, queue={"workers": 2})  # a second worker ready to take the job
+        log, database = tmp_path / "gateway.log", tmp_path / "gateway.sqlite"
+        (flags / "hold-SR").touch()
+        gateway = start_gateway("watch", config, log)
+        try:
+            _send(pacs, study)
+            wait_for(lambda: results_in_pacs(pacs, study[0])["SEG"], timeout_s=60, what="the upload to begin", log=log)
+            time.sleep(7)  # the upload hangs for more than twice the 3 s lease
+            (flags / "hold-SR").unlink()
+            job = finished_job(database, study[0], timeout_s=TIMEOUT_S, log=log)
+        finally:
+            stop_gateway(gateway)
+        text = log.read_text()
+        assert job.state == "done" and job.attempts == 1, text[-3000:]
+        assert "expired" not in text and "lease lost" not in text
+        _one_seg_one_sr(pacs, study[0])
 
 
 def test_orthanc_restarted_mid_run_the_upload_is_retried_and_the_watcher_resumes(
