@@ -252,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--app-command", default=None,
                         help="command with the application's contract (default: this Python, -m app)")
     parser.add_argument("--out", type=Path, default=Path("load-report"), help="folder for the report")
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="scratch folder, new or empty (default: a temporary one, removed afterwards)")
     parser.add_argument("--timeout-s", type=float, default=3600.0)
     args = parser.parse_args(argv)
     command = shlex.split(args.app_command) if args.app_command else [sys.executable, "-m", "app"]
@@ -261,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.model.is_dir():
         print(f"error: no model folder {args.model}", file=sys.stderr)
+        return 2
+    if args.work is not None and args.work.exists() and any(args.work.iterdir()):
+        print(f"error: the scratch folder {args.work} is not empty", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
