@@ -5,7 +5,8 @@ Modules: :mod:`gateway.config` (the typed configuration file), :mod:`gateway.rul
 qualify), :mod:`gateway.jobs` (the persistent SQLite job queue), :mod:`gateway.orthanc` (a small
 Orthanc REST/DICOMweb client), :mod:`gateway.orthanc_server` (start a local Orthanc), :mod:`gateway.worker`
 (runs jobs), :mod:`gateway.watcher` (Orthanc's stable-study events), :mod:`gateway.scp` (C-STORE
-receiver), :mod:`gateway.cli` (``python -m gateway``).
+receiver), :mod:`gateway.cli` (``python -m gateway``), :mod:`gateway.loadtest` (``python -m gateway.loadtest``:
+many studies at once, studies per hour and peak memory).
 """
 
 import hashlib
