@@ -21,6 +21,7 @@ import requests
 
 from gateway.rules import SeriesInfo, scan_extent_mm
 from operators.atomic_files import atomic_output_path
+from operators.safe_names import safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class OrthancClient:
         for instance_id in instance_ids:
             response = self._request("GET", f"{self.url}/instances/{instance_id}/file", what=f"instance {instance_id}",
                                      stream=True)
-            path = folder / f"{instance_id}.dcm"
+            path = folder / f"{safe_name(instance_id)}.dcm"
             with atomic_output_path(path) as tmp, open(tmp, "wb") as out:
                 for chunk in response.iter_content(chunk_size=1 << 20):
                     out.write(chunk)

@@ -30,6 +30,7 @@ from gateway.jobs import JobQueue
 from gateway.rules import SeriesRules, series_from_datasets
 from gateway.store import disable_nagle
 from operators.atomic_files import atomic_output_path
+from operators.safe_names import safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ class Receiver:
         except (AttributeError, ValueError, KeyError) as error:
             logger.warning("refused an instance without study, series or SOP instance UID (%s)", type(error).__name__)
             return _STATUS_CANNOT_UNDERSTAND
-        path = self.study_folder(study_uid) / series_uid / f"{sop_uid}.dcm"
+        # UIDs come from the sender: names made from them cannot leave the spool (operators.safe_names).
+        path = self.study_folder(study_uid) / safe_name(series_uid) / f"{safe_name(sop_uid)}.dcm"
         try:
             with atomic_output_path(path) as tmp:
                 tmp.write_bytes(event.encoded_dataset(include_meta=True))

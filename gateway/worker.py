@@ -50,6 +50,7 @@ from gateway.config import AppSettings
 from gateway.jobs import Job, JobQueue
 from gateway.orthanc import OrthancClient, PacsError
 from gateway.store import ResultStore
+from operators.safe_names import safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -466,10 +467,10 @@ def _link_series(folder: Path, input_dir: Path, series: set[str]) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     count = 0
     for series_uid in sorted(series):
-        source = folder / series_uid
+        source = folder / safe_name(series_uid)  # the receiver's name for the series folder
         if not source.is_dir():
             continue
-        target = staging / series_uid
+        target = staging / safe_name(series_uid)
         target.mkdir(parents=True, exist_ok=True)
         for path in sorted(source.glob("*.dcm")):
             try:

@@ -38,6 +38,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from operators.dicom_seg import read_segment_masks
+from operators.safe_names import safe_name
 from operators.series_volume import LoadedSeries, load_study
 from operators.volume_io import write_volume
 from lesion_training.dataset_builder import onto_grid, read_volume_file
@@ -121,6 +122,14 @@ def seg_label_volume(seg: Dataset | Path, loaded: LoadedSeries) -> np.ndarray:
     return out
 
 
+def _series_id(image_id: str) -> str:
+    """``image_id`` (a SeriesInstanceUID, from a request or the PACS), refused when it could not be a
+    single file name: it names folders and files of the local cache."""
+    if safe_name(image_id) != image_id:
+        raise ValueError(f"{image_id!r} is not a series id (SeriesInstanceUID)")
+    return image_id
+
+
 class HighdicomDICOMWebDatastore(DICOMWebDatastore):
     """See the module docstring."""
 
@@ -171,9 +180,14 @@ class HighdicomDICOMWebDatastore(DICOMWebDatastore):
 
     # ------------------------------------------------------------------------------------ labels
 
+    def get_image_uri(self, image_id: str) -> str:
+        """The series' folder in the local cache (MONAI Label downloads it there under its id)."""
+        return super().get_image_uri(_series_id(image_id))
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
                    label_id: str = "") -> str:
         """Save a label; a ``final`` one becomes a DICOM-SEG in the PACS (returns its SeriesInstanceUID)."""
+        image_id = _series_id(image_id)
         extension = "".join(Path(label_filename).suffixes) or ".nrrd"
         folder = Path(self._datastore.label_path(label_tag))
         folder.mkdir(parents=True, exist_ok=True)
@@ -191,6 +205,7 @@ class HighdicomDICOMWebDatastore(DICOMWebDatastore):
 
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
         """For a final label: the SEG ``label_id`` read back as ``labels/final/<image_id>.nrrd`` on the CT grid."""
+        image_id = _series_id(image_id) if image_id else image_id
         if label_tag != DefaultLabelTag.FINAL:
             return super().get_label_uri(label_id, label_tag)
         if not image_id:
