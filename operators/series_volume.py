@@ -393,9 +393,10 @@ def load_study(
     max_workers : int, optional
         Decoding threads (see :func:`load_series_volume`).
     fallback : bool, optional
-        When the best-ranked series fails the header-only geometry check (e.g. a missing slice), try
-        the next candidate, with a warning. When False, or when no candidate passes, the best
-        candidate's error is raised.
+        When the best-ranked series fails the header-only check (e.g. a missing slice, or a header
+        declaring more pixel data than its file holds), try the next candidate, with a warning. When
+        False, or when no candidate passes, the best candidate's error is raised; where the scan could
+        not read some files, the message names them (one of them may be the missing slice).
 
     Returns
     -------

@@ -18,7 +18,7 @@ import pytest
 
 from operators.errors import FemurSegError
 from operators.series_volume import GeometryPolicy, LoadedSeries, load_study
-from synthetic_ct.bad_input import BAD_INPUT_CASES, BadInputCase, main, write_case
+from synthetic_ct.bad_input import BAD_INPUT_CASES, BadInputCase, main, write_case, write_series
 from tests.bad_input_support import find_tokens, make_removable, tree_digest
 
 _BASE_SHAPE = (12, 32, 32)
@@ -123,3 +123,17 @@ def test_the_command_line_writes_cases_with_their_descriptions(tmp_path: Path,
         "outcome": "ok", "shape": [12, 32, 32]}
     # An existing folder is never written into.
     assert main(["--out", str(out)]) == 2
+
+
+def test_a_bomb_series_beside_a_valid_ct_falls_back_to_the_ct(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    def bomb(ds, k: int) -> None:  # noqa: ANN001
+        ds.Rows = ds.Columns = 65535
+        ds.PixelData = bytes(16)
+
+    # The hostile series is thinner, so it ranks first; its header check fails and the CT is loaded.
+    write_series(tmp_path / "in" / "bomb", key="bomb", slice_spacing=1.0, series_number=9, per_slice=bomb)
+    write_series(tmp_path / "in" / "ct")
+    loaded = load_study(tmp_path / "in")
+    assert loaded.series.series_number == 2 and loaded.volume.shape == _BASE_SHAPE
+    assert "65535 x 65535" in caplog.text
