@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -971,7 +973,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out.exists():
         print(f"error: {args.out} exists; choose a new folder", file=sys.stderr)
         return 2
-    folders = write_corpus(args.out, args.case)
+    # The cases set invalid values on purpose; pydicom's warnings about them are expected here.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folders = write_corpus(args.out, args.case)
     print(f"{len(folders)} cases written to {args.out}")
     return 0
 
