@@ -49,13 +49,13 @@
   const open = XMLHttpRequest.prototype.open;
   const send = XMLHttpRequest.prototype.send;
   XMLHttpRequest.prototype.open = function (method, url, ...rest) {
-    let target = new URL(String(url), window.location.href);
+    const target = new URL(String(url), window.location.href);
     const strategy = chosenStrategy();
     if (strategy && target.href.startsWith(SERVER + 'activelearning/')) {
-      target = new URL('activelearning/' + encodeURIComponent(strategy) + target.search, SERVER);
+      url = new URL('activelearning/' + encodeURIComponent(strategy) + target.search, SERVER).toString();
     }
-    this.femurLesionUrl = target;
-    return open.call(this, method, target.toString(), ...rest);
+    this.femurLesionUrl = target;  // every other request goes out as OHIF wrote it
+    return open.call(this, method, url, ...rest);
   };
   XMLHttpRequest.prototype.send = function (body) {
     const url = this.femurLesionUrl;
