@@ -123,3 +123,63 @@ def test_mask_shape_mismatch_is_a_clear_error(tmp_path):
             segments=[SegmentMask(SegmentSpec.femur("left"), np.zeros((3, 8, 8), bool))],
             algorithm=ALGORITHM,
         )
+
+
+@pytest.mark.parametrize(
+    "orientation,position,descending",
+    [(HFS_ORIENTATION, "HFS", False), (FFS_ORIENTATION, "FFS", True)],
+)
+def test_seg_of_the_occupied_slab_equals_highdicoms_seg_of_the_whole_grid(tmp_path, orientation, position,
+                                                                          descending):
+    # The writer hands highdicom only the slices that hold a segment voxel and checks the overlap of
+    # segments itself, to save memory; the frames, their positions, their source references and their
+    # pixels must be those highdicom writes from the whole grid.
+    import highdicom as hd
+
+    offsets = np.arange(12) * 2.0
+    write_ct_series(tmp_path / "ct", n_slices=12, rows=16, columns=18, orientation=orientation,
+                    patient_position=position, slice_offsets=offsets[::-1] if descending else offsets)
+    loaded = load_study(tmp_path / "ct")
+    masks = _masks(loaded.volume.spatial_shape)
+    z = np.arange(masks["left"].shape[0])[:, None, None]
+    segments = [
+        SegmentMask(SegmentSpec.femur("left"), masks["left"] & (z >= 2) & (z <= 9)),
+        SegmentMask(SegmentSpec.femur("right"), masks["right"] & (z >= 4) & (z <= 8)),
+        SegmentMask(SegmentSpec.lytic_lesion("left"), masks["lesion"]),
+    ]
+    ours = build_segmentation(source_datasets=loaded.source_datasets, ct=loaded.volume, segments=segments,
+                              algorithm=ALGORITHM)
+    stack = np.stack([s.mask for s in segments], axis=-1).astype(np.uint8)
+    stock = hd.seg.Segmentation(
+        source_images=list(loaded.source_datasets),
+        pixel_array=hd.Volume(stack, loaded.volume.affine, coordinate_system="PATIENT",
+                              frame_of_reference_uid=str(loaded.source_datasets[0].FrameOfReferenceUID),
+                              channels={"SegmentNumber": [1, 2, 3]}),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[s.spec.describe(i, ALGORITHM) for i, s in enumerate(segments, start=1)],
+        series_instance_uid=hd.UID(), series_number=1, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="x", manufacturer_model_name="x", software_versions="x", device_serial_number="0",
+    )
+
+    def frames(seg):
+        return [(tuple(float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient),
+                 int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
+                 f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+                for f in seg.PerFrameFunctionalGroupsSequence]
+
+    assert ours.SegmentsOverlap == stock.SegmentsOverlap == "YES"
+    assert int(ours.NumberOfFrames) == int(stock.NumberOfFrames) == sum(
+        int(s.mask.any(axis=(1, 2)).sum()) for s in segments)
+    assert frames(ours) == frames(stock)
+    np.testing.assert_array_equal(ours.pixel_array, stock.pixel_array)
+
+
+def test_segments_that_do_not_overlap_are_declared_so(tmp_path):
+    write_ct_series(tmp_path / "ct", n_slices=10, rows=16, columns=18)
+    loaded = load_study(tmp_path / "ct")
+    masks = _masks(loaded.volume.spatial_shape)
+    seg = build_segmentation(
+        source_datasets=loaded.source_datasets, ct=loaded.volume, algorithm=ALGORITHM,
+        segments=[SegmentMask(SegmentSpec.femur("left"), masks["left"]),
+                  SegmentMask(SegmentSpec.femur("right"), masks["right"])])
+    assert seg.SegmentsOverlap == "NO"
