@@ -51,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
             write_study(generate_phantom(100 + k, args.preset), folder, series=("thin",))
         studies.append(folder / DICOM_FOLDER)
 
-    with LocalOrthanc(folder=args.work / "orthanc", http_port=args.orthanc_port, password="femur-label") as pacs:
+    # A new random password at every start (no fixed default); printed once on the console for the
+    # annotator's own Orthanc login, not written to any log file.
+    with LocalOrthanc(folder=args.work / "orthanc", http_port=args.orthanc_port) as pacs:
         client = OrthancClient(url=pacs.url, auth=pacs.auth)
         study_uid = "<study UID>"
         for folder in studies:
             files = sorted(p for p in folder.rglob("*") if p.is_file())
             study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
             client.stow(study_uid, files)
-        logger.info("Orthanc %s holds %d studies (user %s, password %s)", pacs.url, len(studies), *pacs.auth)
+        logger.info("Orthanc %s holds %d studies", pacs.url, len(studies))
+        print(f"Orthanc login (this run only): user {pacs.username}, password {pacs.password}", flush=True)
         env = {**os.environ, "PYTHONPATH": str(APP_DIR / "pythonpath"),
                "MONAI_LABEL_DICOMWEB_USERNAME": pacs.username, "MONAI_LABEL_DICOMWEB_PASSWORD": pacs.password,
                "MONAI_LABEL_DICOMWEB_CACHE_EXPIRY": "10"}
