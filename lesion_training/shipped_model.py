@@ -12,11 +12,13 @@ Steps (each logged with its duration; a step whose output exists is reused with 
    without nnU-Net's final "validation", which for fold ``all`` only predicts the training cases again
    (tens of CPU minutes for a number that says nothing about generalisation);
 3. **export**: the slim model folder (:func:`lesion_training.export.export_model`: weights only, model.json);
-4. **evaluation**: held-out ``standard`` synthetic studies (seeds 2000-2009) go through the
+4. **postprocessing**: the smallest lesion volume the model reports, chosen on other held-out standard
+   studies (seeds 3000-3009) by :mod:`lesion_training.postprocessing_selection` and recorded in model.json;
+5. **evaluation**: held-out ``standard`` synthetic studies (seeds 2000-2009) go through the
    application's path — :func:`operators.femur_splitter.split_femurs`, then
    :class:`operators.lesion_model.LesionModel` on each femur crop — and the per-femur predictions are
    scored against the truth (lesion 1, cyst 2, inside the crop's box) with ``python -m evaluation``;
-5. **model card**: ``model/README.md`` from model.json and the evaluation.
+6. **model card**: ``model/README.md`` from model.json and the evaluation.
 
 The workspace (nnU-Net's folders, the evaluation's label files) is a scratch folder, by default
 ``build/shipped_model``; only the model folder and its card are part of the product.
@@ -55,6 +57,8 @@ logger = logging.getLogger(__name__)
 DATASET_NAME = "Dataset601_SyntheticFemurLesion"
 TRAINING_SEEDS = "1000-1039"
 EVALUATION_SEEDS = "2000-2009"
+#: Held-out studies on which the post-processing threshold is chosen (neither training nor evaluation).
+VALIDATION_SEEDS = "3000-3009"
 MODEL_NAME = "femur-lesion-synthetic-demo"
 MODEL_VERSION = "0.1.0"
 DEFAULT_WORKSPACE = Path("build/shipped_model")
@@ -78,6 +82,7 @@ class Settings:
     card: Path
     training_seeds: str
     evaluation_seeds: str
+    validation_seeds: str
     configuration: TrainingConfiguration
     workers: int
     mirroring: bool
@@ -85,7 +90,7 @@ class Settings:
     steps: tuple[str, ...]
 
 
-STEPS = ("cohort", "prepare-evaluation", "train", "export", "evaluate", "card")
+STEPS = ("cohort", "prepare-evaluation", "train", "export", "postprocessing", "evaluate", "card")
 #: Internal first argument: train fold "all" in this (fresh) interpreter, see :func:`fit_fold_all`.
 FIT_COMMAND = "_fit-fold-all"
 
@@ -101,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--training-seeds", default=TRAINING_SEEDS, help="cohort seeds (default: %(default)s)")
     parser.add_argument("--evaluation-seeds", default=EVALUATION_SEEDS,
                         help="held-out standard studies (default: %(default)s)")
+    parser.add_argument("--validation-seeds", default=VALIDATION_SEEDS,
+                        help="held-out standard studies the post-processing is chosen on (default: %(default)s)")
     parser.add_argument("--config", default="small", help="training configuration (default: small)")
     parser.add_argument("--epochs", type=int, help="epochs instead of the configuration's")
     parser.add_argument("--workers", type=int, default=2, help="cohort worker processes (default: 2)")
@@ -127,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_epochs=args.epochs, description=f"{configuration.description}; {args.epochs} epochs instead")
     settings = Settings(
         workspace=args.workspace.expanduser().resolve(), model_folder=args.model_folder, card=args.card,
-        training_seeds=args.training_seeds, evaluation_seeds=args.evaluation_seeds, configuration=configuration,
+        training_seeds=args.training_seeds, evaluation_seeds=args.evaluation_seeds,
+        validation_seeds=args.validation_seeds, configuration=configuration,
         workers=args.workers, mirroring=args.mirroring, resume=args.resume, steps=tuple(args.steps),
     )
     try:
@@ -179,6 +187,12 @@ def run(settings: Settings, *, command: str) -> None:
             model_name=MODEL_NAME, model_version=MODEL_VERSION, training_command=command, training_device="cpu",
         )
         logger.info("model folder %s: %.1f MB", exported.folder, exported.size_bytes / 1e6)
+    if "postprocessing" in settings.steps:
+        t0 = time.monotonic()
+        choose_postprocessing(settings.model_folder, parse_seeds(settings.validation_seeds),
+                              settings.workspace / "validation", mirroring=settings.mirroring,
+                              seeds_text=settings.validation_seeds)
+        timed("postprocessing", time.monotonic() - t0)
     if "evaluate" in settings.steps:
         t0 = time.monotonic()
         evaluate_model(settings.model_folder, parse_seeds(settings.evaluation_seeds),
@@ -299,7 +313,36 @@ def prepare_evaluation_studies(seeds: Sequence[int], out: Path) -> list[dict[str
     return studies
 
 
-def evaluate_model(model_folder: Path, seeds: Sequence[int], out: Path, *, mirroring: bool = True) -> dict[str, Any]:
+def choose_postprocessing(model_folder: Path, seeds: Sequence[int], out: Path, *, mirroring: bool,
+                          seeds_text: str) -> Any:
+    """Choose the model's smallest reported lesion volume on held-out validation studies; record it in model.json.
+
+    The model predicts the validation femurs without post-processing (:func:`evaluate_model` with
+    ``apply_postprocessing=False``), then :mod:`lesion_training.postprocessing_selection` scores the candidate
+    thresholds on those predictions. Returns the chosen :class:`~lesion_training.postprocessing_selection.CandidateScore`.
+    """
+    from lesion_training.postprocessing_selection import (
+        choose,
+        read_femur_predictions,
+        record_in_model_json,
+        score_candidates,
+    )
+
+    evaluate_model(model_folder, seeds, out, mirroring=mirroring, apply_postprocessing=False)
+    femurs = read_femur_predictions(out / "predictions", out / "references")
+    scores = score_candidates(femurs)
+    for score in scores:
+        logger.info("lesions under %.2f ml dropped: score %.3f, lesion Dice %.3f, lesion-free femurs empty %d/%d",
+                    score.min_lesion_volume_ml, score.score, score.mean_lesion_dice,
+                    *score.lesion_free_predicted_empty)
+    chosen = choose(scores)
+    record_in_model_json(model_folder, chosen, scores, chosen_on=(
+        f"held-out standard synthetic studies, seeds {seeds_text} ({len(femurs)} femurs)"))
+    return chosen
+
+
+def evaluate_model(model_folder: Path, seeds: Sequence[int], out: Path, *, mirroring: bool = True,
+                   apply_postprocessing: bool = True) -> dict[str, Any]:
     """Score the model on held-out standard synthetic studies, the application's way.
 
     The studies are prepared by :func:`prepare_evaluation_studies` (femur splitter on each CT); then
@@ -322,7 +365,8 @@ def evaluate_model(model_folder: Path, seeds: Sequence[int], out: Path, *, mirro
     studies = prepare_evaluation_studies(seeds, out)
     pred_dir, report_dir = out / "predictions", out / "report"
     pred_dir.mkdir(parents=True, exist_ok=True)
-    model = LesionModel.from_folder(model_folder, device="cpu", use_mirroring=mirroring)
+    model = LesionModel.from_folder(model_folder, device="cpu", use_mirroring=mirroring,
+                                    apply_postprocessing=apply_postprocessing)
     times: list[float] = []
     cases = [case for study in studies for case in study["cases"]]
     for k, case in enumerate(cases, start=1):

@@ -30,6 +30,7 @@ import highdicom as hd
 import numpy as np
 
 from operators.errors import InputError, ModelFolderError
+from operators.lesion_postprocessing import min_lesion_volume_ml, remove_small_components
 from operators.nnunet_predictor import load_predictor
 
 logger = logging.getLogger(__name__)
@@ -263,12 +264,16 @@ class LesionModel:
     all selected folds are held in memory; nothing is read from the folder after loading.
     """
 
-    def __init__(self, predictor: Any, info: LesionModelInfo, postprocessing: tuple[list, list] | None) -> None:
-        # Built by from_folder: an initialised nnUNetPredictor, and nnU-Net's post-processing
-        # (functions, keyword arguments) or None.
+    def __init__(self, predictor: Any, info: LesionModelInfo, postprocessing: tuple[list, list] | None, *,
+                 min_lesion_volume_ml: float = 0.0) -> None:
+        # Built by from_folder: an initialised nnUNetPredictor, nnU-Net's post-processing (functions,
+        # keyword arguments) or None, and the model's smallest lesion kept (ml; 0 keeps all).
         self._predictor = predictor
         self._info = info
         self._postprocessing = postprocessing
+        self._min_lesion_volume_ml = float(min_lesion_volume_ml)
+        names = {str(name).strip().casefold(): value for value, name in info.label_names.items()}
+        self._lesion_value = int(names.get("lesion", 1))
 
     @classmethod
     def from_folder(
@@ -305,7 +310,8 @@ class LesionModel:
             Sliding-window step as a fraction of the patch size (0.5 = nnU-Net's default overlap).
         apply_postprocessing : bool
             Apply the post-processing nnU-Net chose on cross-validation (``postprocessing.pkl``
-            beside plans.json), when the folder holds one.
+            beside plans.json), when the folder holds one, and drop lesion components smaller than
+            the model's ``model.json`` declares (``postprocessing.min_lesion_volume_ml``).
 
         Raises
         ------
@@ -363,12 +369,17 @@ class LesionModel:
 
         info = _read_model_info(folder, predictor, folds)
         postprocessing = _load_postprocessing(folder, folds) if apply_postprocessing else None
+        try:
+            min_volume = min_lesion_volume_ml(info.extra) if apply_postprocessing else 0.0
+        except ValueError as error:
+            raise ModelFolderError(f"lesion model {source}: {error}") from error
         logger.info(
-            "loaded lesion model %s %s (%s, folds %s) on %s, mirroring %s%s",
+            "loaded lesion model %s %s (%s, folds %s) on %s, mirroring %s%s%s",
             info.name, info.version, info.configuration, list(info.folds), device,
             "on" if use_mirroring else "off", ", with post-processing" if postprocessing else "",
+            f", lesions under {min_volume:g} ml dropped" if min_volume else "",
         )
-        return cls(predictor, info, postprocessing)
+        return cls(predictor, info, postprocessing, min_lesion_volume_ml=min_volume)
 
     @property
     def model_info(self) -> LesionModelInfo:
@@ -418,6 +429,9 @@ class LesionModel:
             from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
 
             labels = apply_postprocessing(labels, *self._postprocessing).astype(np.uint8, copy=False)
+        if self._min_lesion_volume_ml > 0:
+            labels = remove_small_components(labels, self._lesion_value, self._min_lesion_volume_ml,
+                                             tuple(float(s) for s in volume.spacing))
         if probabilities is not None:
             probabilities = nnunet_input.to_original(np.asarray(probabilities, dtype=np.float32))
         return LesionPrediction(labels=labels, probabilities=probabilities)

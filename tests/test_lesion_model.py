@@ -268,3 +268,38 @@ def test_model_json_version_is_read(untrained_model: Path, tmp_path: Path) -> No
     (copy / "model.json").write_text(json.dumps(meta))
     info = LesionModel.from_folder(copy, device="cpu").model_info
     assert (info.name, info.version) == ("femur-lesion-small", "1.2.3")
+
+
+def _with_min_lesion_volume(untrained_model: Path, folder: Path, value: object) -> Path:
+    copy = shutil.copytree(untrained_model, folder)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["postprocessing"] = {"min_lesion_volume_ml": value}
+    (copy / "model.json").write_text(json.dumps(meta))
+    return copy
+
+
+def test_model_json_minimum_lesion_volume_is_applied_on_the_crops_grid(untrained_model: Path, tmp_path: Path) -> None:
+    from operators.lesion_postprocessing import remove_small_components
+
+    crop = _crop_for("FPR")
+    raw = LesionModel.from_folder(untrained_model, device="cpu", use_mirroring=False).predict(crop).labels
+    # Half the largest predicted component's volume: the threshold removes some components, not all.
+    from scipy import ndimage as ndi
+
+    components, n = ndi.label(raw == 1, structure=np.ones((3, 3, 3)))
+    voxel_ml = float(np.prod(crop.spacing)) / 1000.0
+    threshold = 0.5 * float(np.bincount(components.ravel())[1:].max()) * voxel_ml if n else 0.001
+    model = LesionModel.from_folder(_with_min_lesion_volume(untrained_model, tmp_path / "m", threshold),
+                                    device="cpu", use_mirroring=False)
+    labels = model.predict(crop).labels
+    assert np.array_equal(labels, remove_small_components(raw, 1, threshold, crop.spacing))
+    unfiltered = LesionModel.from_folder(tmp_path / "m", device="cpu", use_mirroring=False,
+                                         apply_postprocessing=False).predict(crop).labels
+    assert np.array_equal(unfiltered, raw)
+
+
+@pytest.mark.parametrize("value", [-1, "big", True])
+def test_invalid_minimum_lesion_volume_is_a_model_error(untrained_model: Path, tmp_path: Path, value) -> None:
+    copy = _with_min_lesion_volume(untrained_model, tmp_path / "m", value)
+    with pytest.raises(ModelFolderError, match="min_lesion_volume_ml must be a number >= 0"):
+        LesionModel.from_folder(copy, device="cpu")
