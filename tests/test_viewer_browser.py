@@ -2,9 +2,10 @@
 
 The whole chain: a real Orthanc; a small synthetic study arrives by C-STORE; the gateway (``watch``) runs
 the real application and stores the SEG and SR into the study; the viewer server (OHIF + DICOMweb proxy)
-serves it; Chromium opens the study with the SEG series first, OHIF loads the segmentation and its
-segmentation service lists exactly the segments of the SEG in Orthanc, by label; the viewport draws them
-(hiding them changes the picture). The screenshot is kept in ``test-artifacts/`` (and in the test's temporary folder).
+serves it; Chromium opens the study with the SEG series first (the address with the viewer's access
+token), OHIF loads the segmentation and its segmentation service lists exactly the segments of the SEG
+in Orthanc, by label; the viewport draws them (hiding them changes the picture). The screenshot is kept
+in ``test-artifacts/`` (and in the test's temporary folder).
 """
 
 from __future__ import annotations
@@ -125,13 +126,16 @@ def test_ohif_in_chromium_shows_the_segments_the_gateway_stored(tmp_path: Path, 
 
         upstream = Upstream.from_url(pacs.dicomweb_url, username=pacs.username, password=pacs.password)
         with ViewerServer(upstream=upstream, dist=dist) as server, Chromium(tmp_path / "chromium") as page:
-            page.navigate(server.study_url(study.study_uid, series_uid=str(seg.SeriesInstanceUID)))
+            # As a user would: the address the viewer prints, with its access token (the server swaps it
+            # for a cookie, which OHIF's own requests then carry).
+            page.navigate(server.with_token(server.study_url(study.study_uid, series_uid=str(seg.SeriesInstanceUID))))
             segmentations = page.wait_for(
                 _SEGMENTATIONS_JS, timeout_s=VIEWER_TIMEOUT_S, what="OHIF to list the SEG's segments",
                 check=lambda value: bool(value) and len(value[0]["segments"]) == len(expected))
             assert len(segmentations) == 1, json.dumps(segmentations, indent=1)
             shown = sorted(segment["label"] for segment in segmentations[0]["segments"])
             assert shown == expected, f"OHIF lists {shown}, the SEG in Orthanc holds {expected}"
+            assert "token=" not in page.evaluate("window.location.href")  # swapped for the cookie
 
             # Shown, not only loaded. As a user would: dismiss OHIF's first-visit tour and notice, open the
             # segmentation panel, jump to the right femur. Then the overlay must be what changes the viewport

@@ -3,16 +3,19 @@
 What ``make viewer`` runs after ``make demo``: starts Orthanc on loopback (a fresh one, its files in
 ``<demo>/viewer-pacs``), stores the demo's CT series and the application's SEG and SR into it by C-STORE,
 as the scanner and the gateway would, starts the viewer (OHIF + DICOMweb proxy) on loopback, prints the
-address to open and serves until Ctrl-C.
+addresses to open (they carry the viewer's access token) and serves until Ctrl-C.
 
-Usage: ``python -m viewer --demo demo-output [--port 3000]``. Exit status 2 with one line ``error: ...``
-when the viewer or Orthanc is not installed or the demo is missing.
+Usage: ``python -m viewer --demo demo-output [--port 3000] [--token-file FILE]``. The access token is new at
+each start unless ``--token-file`` (or ``$FEMUR_VIEWER_TOKEN_FILE``) names a file that holds one. Exit
+status 2 with one line ``error: ...`` when the viewer or Orthanc is not installed, the demo is missing or
+the token file is unusable.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -25,9 +28,11 @@ from gateway.orthanc import PacsError
 from gateway.orthanc_server import LocalOrthanc, OrthancUnavailableError
 from gateway.store import CStoreStore
 from viewer.ohif import ViewerNotInstalledError, ohif_dist, ohif_version
-from viewer.server import Upstream, ViewerServer
+from viewer.server import InvalidTokenError, Upstream, ViewerServer, read_token_file
 
 logger = logging.getLogger(__name__)
+
+TOKEN_FILE_ENV = "FEMUR_VIEWER_TOKEN_FILE"
 
 
 class DemoMissingError(RuntimeError):
@@ -52,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m viewer", description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("demo-output"), help="the folder `make demo` wrote")
     parser.add_argument("--port", type=int, default=3000, help="viewer port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--token-file", type=Path, default=os.environ.get(TOKEN_FILE_ENV) or None,
+                        help=f"file holding the access token (default ${TOKEN_FILE_ENV}; none: a new random "
+                             "token at each start)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per image otherwise
@@ -60,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist = ohif_dist()
         images, results = demo_files(demo)
-    except (ViewerNotInstalledError, DemoMissingError) as exc:
+        token = read_token_file(Path(args.token_file)) if args.token_file else None
+    except (ViewerNotInstalledError, DemoMissingError, InvalidTokenError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -74,15 +83,18 @@ def main(argv: list[str] | None = None) -> int:
             store = CStoreStore(host="127.0.0.1", port=pacs.dicom_port, aet=pacs.aet, calling_aet="FEMURDEMO")
             store.store("", images + results)
             upstream = Upstream.from_url(pacs.dicomweb_url, username=pacs.username, password=pacs.password)
-            with ViewerServer(upstream=upstream, dist=dist, port=args.port) as server:
+            with ViewerServer(upstream=upstream, dist=dist, port=args.port, token=token) as server:
                 study_uid = str(pydicom.dcmread(images[0], stop_before_pixels=True).StudyInstanceUID)
                 seg = next((p for p in results if p.name == "seg.dcm"), None)
                 print(f"\nOHIF {ohif_version(dist)} with the demo study in Orthanc ({len(images)} images, "
                       f"results: {', '.join(p.name for p in results) or 'none (no model in model/)'})")
-                print(f"  study list:          {server.url}/")
-                print(f"  the study:           {server.study_url(study_uid)}")
+                # The addresses carry the access token (shown here once, never logged): opening one of them
+                # gives the browser its cookie.
+                print(f"  study list:          {server.with_token(server.url + '/')}")
+                print(f"  the study:           {server.with_token(server.study_url(study_uid))}")
                 if seg is not None:
-                    print(f"  the study with SEG:  {server.study_url(study_uid, series_uid=_series_uid(seg))}")
+                    seg_url = server.study_url(study_uid, series_uid=_series_uid(seg))
+                    print(f"  the study with SEG:  {server.with_token(seg_url)}")
                 print(f"  Orthanc (REST):      {pacs.url}  user {pacs.username}, password {pacs.password}")
                 print("Ctrl-C stops both.", flush=True)
                 stop.wait()

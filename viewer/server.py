@@ -9,17 +9,30 @@
 * any other path is a file of OHIF's ``dist``; a path without a file extension that is no file (an OHIF
   route such as ``/viewer``) gets ``index.html`` (single-page application fallback).
 
-It listens on loopback only: whoever reaches it reads the PACS with the proxy's credentials. The access
-log carries no query strings (study list searches can hold patient names).
+Whoever reaches it reads the PACS with the proxy's credentials, so every request must show an access token
+(random at each start, or given, e.g. from a file: :func:`read_token_file`):
+
+* ``?token=...`` in the address the viewer printed: the answer is a redirect to the same address without
+  the token, with the token in an ``HttpOnly``, ``SameSite=Strict`` cookie, which OHIF's own requests (same
+  origin) then carry; or ``Authorization: Bearer ...`` (scripts). Anything else gets 401.
+* It listens on loopback by default, and then answers only requests whose ``Host`` is a loopback name or
+  address (403 otherwise): a web page that rebinds its own DNS name to 127.0.0.1 gets nothing.
+
+The access log carries no query strings (study list searches can hold patient names; the first address
+holds the token).
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import http.client
+import ipaddress
 import logging
 import mimetypes
 import posixpath
+import re
+import secrets
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -39,6 +52,9 @@ _FORWARDED_REQUEST_HEADERS = ("Accept", "Accept-Encoding", "Range", "If-None-Mat
 _FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Content-Range", "ETag", "Last-Modified",
                                "Accept-Ranges", "Cache-Control")
 _CHUNK = 1 << 20
+TOKEN_PARAMETER = "token"
+# Tokens go into a query string and a cookie as they are: URL-safe characters only, and enough of them.
+_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,}")
 # Types Python's table may lack or get wrong; WebAssembly must be application/wasm for streaming compilation.
 _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json",
           ".css": "text/css", ".svg": "image/svg+xml", ".woff2": "font/woff2", ".map": "application/json"}
@@ -69,6 +85,41 @@ class Upstream:
         return f"Basic {token}"
 
 
+class InvalidTokenError(ValueError):
+    """An access token that is too short or has characters a URL or a cookie cannot carry as they are."""
+
+
+def check_token(token: str) -> str:
+    """``token`` if it can be the viewer's access token (16 or more of ``A-Z a-z 0-9 _ -``), else
+    :class:`InvalidTokenError`."""
+    if not _TOKEN_PATTERN.fullmatch(token):
+        raise InvalidTokenError("the viewer's access token must be 16 or more characters of A-Z a-z 0-9 _ -")
+    return token
+
+
+def read_token_file(path: Path) -> str:
+    """The access token in ``path`` (surrounding whitespace ignored); one-line errors
+    (:class:`InvalidTokenError`, or :class:`OSError` when it cannot be read)."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise OSError(f"cannot read the viewer's token file {path}: {exc.strerror or exc}") from None
+    try:
+        return check_token(text.strip())
+    except InvalidTokenError as exc:
+        raise InvalidTokenError(f"{path}: {exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    """``host`` (a name or an address, IPv6 without brackets) is this machine's loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _Handler(BaseHTTPRequestHandler):
     """One request; the server object carries the dist folder, the config and the upstream."""
 
@@ -76,16 +127,76 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: OHIF makes hundreds of small requests
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._dispatch(head=False)
+        if self._admitted():
+            self._dispatch(head=False)
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._dispatch(head=True)
+        if self._admitted():
+            self._dispatch(head=True)
 
     def _refuse(self) -> None:
         self.close_connection = True  # the request body is not read: this connection cannot go on
         self._send_error(HTTPStatus.METHOD_NOT_ALLOWED, "the viewer's DICOMweb proxy is read-only")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+    # -- access ------------------------------------------------------------------------------------------
+
+    def _admitted(self) -> bool:
+        """Whether the request may go on; if not, the refusal (or the token-to-cookie redirect) is sent."""
+        if self.server.loopback_only:
+            host = urllib.parse.urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
+            if not _is_loopback(host):
+                self._send_error(HTTPStatus.FORBIDDEN, "this viewer answers to loopback addresses only")
+                return False
+        parts = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        given = [value for name, value in query if name == TOKEN_PARAMETER]
+        if given:
+            if len(given) == 1 and self._valid(given[0]):
+                self._redirect_with_cookie(parts.path, [(n, v) for n, v in query if n != TOKEN_PARAMETER])
+            else:
+                self._send_error(HTTPStatus.UNAUTHORIZED, "wrong access token")
+            return False
+        authorization = self.headers.get("Authorization") or ""
+        if authorization[:7].lower() == "bearer " and self._valid(authorization[7:].strip()):
+            return True
+        if any(self._valid(value) for value in self._cookies(self.server.cookie_name)):
+            return True
+        self._send_error(HTTPStatus.UNAUTHORIZED, "no access token: open the address with ?token= that the "
+                                                  "viewer printed when it started")
+        return False
+
+    def _valid(self, candidate: str) -> bool:
+        # Constant time: how long the comparison takes tells nothing about how much of a guess was right.
+        return hmac.compare_digest(candidate.encode("utf-8", "replace"), self.server.token.encode("ascii"))
+
+    def _cookies(self, name: str) -> list[str]:
+        """Values of the request's cookies called ``name`` (parsed by hand: http.cookies gives up on a whole
+        header for one cookie it dislikes, and other applications on 127.0.0.1 set theirs too)."""
+        values = []
+        for header in self.headers.get_all("Cookie") or []:
+            for pair in header.split(";"):
+                key, _, value = pair.strip().partition("=")
+                if key == name:
+                    values.append(value.strip().strip('"'))
+        return values
+
+    def _redirect_with_cookie(self, path: str, query: list[tuple[str, str]]) -> None:
+        """303 to the address without the token, the token now in a cookie that no script can read and no
+        other site's page can make the browser send."""
+        location = "/" + path.lstrip("/")  # "//host/..." would leave this origin
+        if query:
+            location += "?" + urllib.parse.urlencode(query)
+        self.send_response(HTTPStatus.SEE_OTHER)
+        self.send_header("Location", location)
+        self.send_header("Set-Cookie", f"{self.server.cookie_name}={self.server.token}; Path=/; HttpOnly; "
+                                       "SameSite=Strict")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    # -- routes --------------------------------------------------------------------------------------------
 
     def _dispatch(self, *, head: bool) -> None:
         path = urllib.parse.urlsplit(self.path).path
@@ -119,7 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(size))
-        self.send_header("Cache-Control", "public, max-age=86400" if cache else "no-cache")
+        self.send_header("Cache-Control", "private, max-age=86400" if cache else "no-cache")
         self.end_headers()
         if not head:
             with file.open("rb") as stream:
@@ -130,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "public, max-age=86400" if cache else "no-cache")
+        self.send_header("Cache-Control", "private, max-age=86400" if cache else "no-cache")
         self.end_headers()
         if not head:
             self.wfile.write(data)
@@ -140,6 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", 'Bearer realm="viewer"')
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -209,11 +322,17 @@ class _ViewerHTTPServer(ThreadingHTTPServer):
     # OHIF opens many connections at once (workers, prefetch); the default backlog of 5 drops some.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], *, dist: Path, upstream: Upstream, timeout_s: float) -> None:
+    def __init__(self, address: tuple[str, int], *, dist: Path, upstream: Upstream, timeout_s: float,
+                 token: str) -> None:
         super().__init__(address, _Handler)
         self.dist = dist
         self.upstream = upstream
         self.timeout_s = timeout_s
+        self.token = token
+        self.loopback_only = _is_loopback(address[0])
+        # Cookies are per host, not per port: each viewer (and any other application on 127.0.0.1) needs
+        # a name of its own, or they would overwrite each other's.
+        self.cookie_name = f"viewer_token_{self.server_address[1]}"
         self.app_config = app_config_js(dicomweb_path=DICOMWEB_PATH).encode()
 
 
@@ -222,21 +341,35 @@ class ViewerServer:
     """OHIF plus the DICOMweb proxy on ``http://127.0.0.1:port`` (0: a free port), in a background thread.
 
     Use as a context manager, or :meth:`start` / :meth:`stop`. ``dist`` defaults to :func:`ohif_dist`.
+    ``token``: the access token (see :func:`check_token`); None: a random one. ``host``: the IPv4 address
+    to listen on; on any other than loopback, requests for any ``Host`` are answered (the token still holds).
     """
 
     upstream: Upstream
     dist: Path | None = None
     port: int = 0
     timeout_s: float = 120.0
+    token: str | None = None
+    host: str = "127.0.0.1"
     _server: _ViewerHTTPServer | None = field(default=None, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        self.token = check_token(self.token) if self.token is not None else secrets.token_urlsafe(32)
+
     @property
     def url(self) -> str:
-        """Root of the viewer, e.g. ``http://127.0.0.1:3000``."""
+        """Root of the viewer, e.g. ``http://127.0.0.1:3000`` (without the token: see :meth:`with_token`)."""
         if self._server is None:
             raise RuntimeError("the viewer server is not running")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self._server.server_address[1]}"
+
+    def with_token(self, url: str) -> str:
+        """``url`` (one of this viewer's) with the access token added: the address to open in a browser."""
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + [(TOKEN_PARAMETER, str(self.token))]
+        return urllib.parse.urlunsplit(parts._replace(path=parts.path or "/", query=urllib.parse.urlencode(query)))
 
     def study_url(self, study_uid: str, *, series_uid: str | None = None, mode: str = "viewer") -> str:
         """OHIF's page for one study (route ``/viewer``, the basic viewer mode). With ``series_uid`` the
@@ -249,8 +382,8 @@ class ViewerServer:
 
     def start(self) -> ViewerServer:
         dist = ohif_dist(self.dist)
-        self._server = _ViewerHTTPServer(("127.0.0.1", self.port), dist=dist, upstream=self.upstream,
-                                         timeout_s=self.timeout_s)
+        self._server = _ViewerHTTPServer((self.host, self.port), dist=dist, upstream=self.upstream,
+                                         timeout_s=self.timeout_s, token=str(self.token))
         self._thread = threading.Thread(target=self._server.serve_forever, name="viewer-http", daemon=True)
         self._thread.start()
         logger.info("viewer on %s (OHIF files in %s)", self.url, dist)
