@@ -510,8 +510,9 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         f"| schedule | {schedule.get('num_epochs')} epochs x {schedule.get('num_iterations_per_epoch')} iterations "
         f"(batch 2), {schedule.get('num_val_iterations_per_epoch')} validation iterations per epoch |",
         "| folds | nnU-Net fold `all`: **one model trained on all training cases** (no cross-validation, no "
-        "ensemble, no nnU-Net post-processing; nnU-Net's end-of-training validation, which for fold `all` only "
+        "ensemble, no nnU-Net post-processing of its own; nnU-Net's end-of-training validation, which for fold `all` only "
         "re-predicts the training cases, is skipped) |",
+        _postprocessing_row(info),
         "| labels | " + ", ".join(f"{k} {v}" for k, v in (info.get("label_names") or {}).items()) + " |",
         f"| files | `{folder}/`: `plans.json`, `dataset.json`, `dataset_fingerprint.json`, `model.json`, "
         "`fold_all/checkpoint_final.pth` (network weights only) |",
@@ -591,6 +592,16 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
             "Reference points from the paper (real CT): Dice 0.69 against a specialist, 0.67 / 0.68 against two "
             "radiologists (radiologist against radiologist 0.73).",
         ]
+        candidates = (info.get("postprocessing") or {}).get("candidates") or []
+        if candidates:
+            lines += ["", "How the smallest reported lesion volume was chosen (validation femurs, not the ones above; "
+                          "score: lesion Dice where there are lesions, 1/0 for an empty/non-empty prediction in "
+                          "lesion-free femurs):", "",
+                      "| lesions dropped under (ml) | score | lesion Dice | lesion-free femurs predicted empty |",
+                      "|---:|---:|---:|---:|"]
+            lines += [f"| {c['min_lesion_volume_ml']:g} | {c['score']:.3f} | {c['mean_lesion_dice']:.3f} | "
+                      f"{c['lesion_free_predicted_empty'][0]} of {c['lesion_free_predicted_empty'][1]} |"
+                      for c in candidates]
         if m.get("femurs") and m.get("femurs_predicted_empty") == m.get("femurs"):
             lines += ["", f"**The model predicts no lesion voxel in any of the {m['femurs']} femurs: it is "
                           "undertrained.** The lesion-free figure is met only trivially, and the cyst figures say "
@@ -609,6 +620,16 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         "",
     ]
     return "\n".join(lines)
+
+
+def _postprocessing_row(info: dict[str, Any]) -> str:
+    """The model card's post-processing row, from model.json's ``postprocessing`` section."""
+    section = info.get("postprocessing") or {}
+    threshold = section.get("min_lesion_volume_ml")
+    if not threshold:
+        return "| post-processing | none: every predicted lesion component is kept |"
+    return (f"| post-processing | lesion components under {threshold:g} ml are dropped (26-connected), the threshold "
+            f"chosen on {section.get('chosen_on', 'held-out studies')} by `lesion_training.postprocessing_selection` |")
 
 
 def _cohort_lines(report: dict[str, Any] | None) -> list[str]:
