@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": cpus,
         "stages": [r.to_dict() for r in recorder.records],
         "end_to_end_s": end_to_end,
-        "peak_rss_mib": process_peak_rss_mib(),
+        "peak_rss_mib": process_peak_rss_mib(recorder.records),
         "memory_method": recorder.method,
         "result": result,
     }

@@ -5,8 +5,8 @@ Peak memory per stage is the kernel's own high-water mark of the process's resid
 ``/proc/self/clear_refs`` (Linux 4.0 and later). So a stage's figure is the largest resident set of the
 whole process while that stage ran, including what earlier stages still hold, never a sampled estimate.
 Where the reset is refused (no procfs, some sandboxes), a thread samples ``VmRSS`` every 5 ms instead, and
-:attr:`StageRecorder.method` says so. The peak of a whole path is ``ru_maxrss`` of its process, which
-runs only that path (see :mod:`benchmarks.child`).
+:attr:`StageRecorder.method` says so. The peak of a whole path is the largest of its stages' peaks and
+``ru_maxrss`` of its process, which runs only that path (see :mod:`benchmarks.child`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import resource
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,9 +68,16 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def process_peak_rss_mib() -> float:
-    """Peak resident set size of this process since it started, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def process_peak_rss_mib(records: Sequence[StageRecord] = ()) -> float:
+    """Peak resident set size of this process since it started, MiB (Linux reports KiB).
+
+    Resetting the high-water mark through ``clear_refs`` also resets what ``ru_maxrss`` reports for the
+    process (both read the same counter), so after per-stage resets ``ru_maxrss`` holds only the peak
+    since the last reset: the largest of it and the stages' own peaks is the process's peak.
+    """
+    peaks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0]
+    peaks += [r.peak_rss_mib for r in records if r.peak_rss_mib is not None]
+    return max(peaks)
 
 
 def _reset_high_water_mark() -> bool:

@@ -196,7 +196,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"the same model and settings on both paths.", "",
              f"**Processes:** each path in its own fresh process pinned to {s['cores']} CPU core(s), imports before "
              "the clock starts; end to end runs from the model load to the last output written. "
-             f"**Memory:** per stage, {s['memory_method']}; per path, the process's peak resident set (ru_maxrss).",
+             f"**Memory:** per stage, {s['memory_method']}; per path, the process's peak resident set (the largest stage peak, or ru_maxrss if larger).",
              "",
              "Our path writes the SEG, SR, report.json, summary.txt and overview.png; the stock path the SEG only. "
              "Ratios compare figures of the same run: on a shared machine seconds vary from run to run.", ""]

@@ -108,3 +108,19 @@ def test_quick_benchmark_reports_every_stage_ratio_and_the_machine(tmp_path: Pat
     assert machine["cpu"] in markdown and f"{machine['cores']} cores usable" in markdown
     assert "torch device: cpu" in markdown
     assert "Growth with the number of slices" in markdown and "Inference settings" in markdown
+
+
+def test_the_process_peak_counts_stages_whose_high_water_mark_was_reset_since() -> None:
+    # Resetting VmHWM before each stage also lowers what ru_maxrss reports, so the process's peak must
+    # take the stages' own peaks into account (a large first stage, then a small one).
+    from benchmarks.memory import StageRecorder, process_peak_rss_mib
+
+    recorder = StageRecorder()
+    with recorder.stage("large"):
+        block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+        del block
+    with recorder.stage("small"):
+        pass
+    large, small = (r.peak_rss_mib for r in recorder.records)
+    assert large >= small + 150
+    assert process_peak_rss_mib(recorder.records) >= large
