@@ -592,6 +592,12 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
             "Reference points from the paper (real CT): Dice 0.69 against a specialist, 0.67 / 0.68 against two "
             "radiologists (radiologist against radiologist 0.73).",
         ]
+        before = evaluation.get("metrics_before_postprocessing")
+        if before:
+            lines += ["", "The same predictions before the post-processing (every lesion component kept): lesion Dice "
+                          f"{fmt(before.get('mean_lesion_dice'))}, sensitivity >= 10 mm "
+                          f"{fmt(before.get('sensitivity_ge_10mm'))}, lesion-free femurs predicted empty "
+                          f"{fmt(before.get('lesion_free_predicted_empty'))}."]
         candidates = (info.get("postprocessing") or {}).get("candidates") or []
         if candidates:
             lines += ["", "How the smallest reported lesion volume was chosen (validation femurs, not the ones above; "
