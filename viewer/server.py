@@ -44,6 +44,8 @@ from types import TracebackType
 from viewer.ohif import app_config_js, ohif_dist
 
 logger = logging.getLogger(__name__)
+#: Largest request body a refused write request is read for (bytes), keeping its connection open.
+_DRAINED_BODY_BYTES = 1 << 20
 
 DICOMWEB_PATH = "/dicom-web"
 # Request headers the browser's DICOMweb client needs Orthanc to see; nothing else goes through
@@ -135,7 +137,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._dispatch(head=True)
 
     def _refuse(self) -> None:
-        self.close_connection = True  # the request body is not read: this connection cannot go on
+        # A small body is read and dropped so that the connection can go on; closing a socket whose
+        # receive buffer still holds unread bytes makes the kernel send a reset, which can reach the
+        # client before the refusal does. A larger (or unsized) body ends the connection instead.
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if "Transfer-Encoding" not in self.headers and 0 <= length <= _DRAINED_BODY_BYTES:
+            self.rfile.read(length)
+        else:
+            self.close_connection = True
         self._send_error(HTTPStatus.METHOD_NOT_ALLOWED, "the viewer's DICOMweb proxy is read-only")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
