@@ -144,8 +144,9 @@ def fine_tune(
                            num_processes=(num_processes,), verbose=False)
     logger.info("fine-tuning %s from %s (%s) on %s: %d epochs x %d iterations", dataset_name, base.name,
                 checkpoint.parent.name, torch_device, schedule.num_epochs, schedule.iterations_per_epoch)
+    # No end-of-training validation: for fold "all" it would only predict the training cases again.
     train_fold(ws, dataset_name, configuration, "all", device=torch_device, num_processes=num_processes,
-               pretrained_weights=checkpoint)
+               pretrained_weights=checkpoint, final_validation=False)
     base_info = _read_json(base / "model.json")
     exported = export_model(
         ws, dataset_name, configuration, folds=["all"], output=output,

@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -91,8 +90,6 @@ class Settings:
 
 
 STEPS = ("cohort", "prepare-evaluation", "train", "export", "postprocessing", "evaluate", "card")
-#: Internal first argument: train fold "all" in this (fresh) interpreter, see :func:`fit_fold_all`.
-FIT_COMMAND = "_fit-fold-all"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,9 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the recipe; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == [FIT_COMMAND]:
-        fit_fold_all(argv[1], argv[2], resume="--continue" in argv[3:])
-        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -209,10 +203,12 @@ def train_fold_all(workspace: Any, configuration: TrainingConfiguration, *, resu
     """Plan, preprocess and train nnU-Net fold ``all`` on the cohort; returns the fold's folder.
 
     Planning and preprocessing are :func:`lesion_training.train.plan_and_preprocess`; the fold trains in a
-    subprocess running :func:`_fit_fold_all` (nnU-Net's trainer, its progress lines on stdout).
+    subprocess with nnU-Net's trainer (its progress lines on stdout), without nnU-Net's end-of-training
+    validation, which for fold ``all`` only predicts the training cases again
+    (:func:`lesion_training.train.train_fold` with ``final_validation=False``).
     """
     from lesion_training.export import results_folder
-    from lesion_training.train import plan_and_preprocess, resolve_dataset
+    from lesion_training.train import plan_and_preprocess, resolve_dataset, train_fold
 
     processes = max(1, min(8, os.cpu_count() or 1))
     name = resolve_dataset(workspace, DATASET_NAME)
@@ -221,35 +217,11 @@ def train_fold_all(workspace: Any, configuration: TrainingConfiguration, *, resu
         logger.info("fold all already trained: %s", fold_folder)
         return fold_folder
     plan_and_preprocess(workspace, name, configuration, num_processes=processes)
-    command = [sys.executable, "-m", "lesion_training.shipped_model", FIT_COMMAND, name, configuration.plans_identifier]
-    if resume and (fold_folder / "checkpoint_latest.pth").is_file():
-        command.append("--continue")
-    environment = workspace.environment(training_device="cpu", worker_processes=processes)
-    sys.stdout.flush()
-    completed = subprocess.run(command, env=environment, check=False)
-    if completed.returncode != 0 or not (fold_folder / "checkpoint_final.pth").is_file():
-        raise TrainingRunError(f"nnU-Net training of fold all failed (exit code {completed.returncode}); "
-                               f"log in {fold_folder}")
+    train_fold(workspace, name, configuration, "all", device="cpu", num_processes=processes, final_validation=False,
+               resume=resume and (fold_folder / "checkpoint_latest.pth").is_file())
+    if not (fold_folder / "checkpoint_final.pth").is_file():
+        raise TrainingRunError(f"nnU-Net training of fold all left no final checkpoint; log in {fold_folder}")
     return fold_folder
-
-
-def fit_fold_all(dataset_name: str, plans_identifier: str, *, resume: bool = False) -> None:
-    """Train nnU-Net fold ``all`` with the project's trainer on the CPU, without the final validation.
-
-    Runs in the subprocess :func:`train_fold_all` starts, with the workspace's nnU-Net variables set.
-    This is nnU-Net's ``run_training`` minus ``perform_actual_validation``: for fold ``all`` the
-    validation cases are the training cases.
-    """
-    import multiprocessing
-
-    import torch
-    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
-
-    torch.set_num_threads(multiprocessing.cpu_count())  # as nnUNetv2_train does on the CPU
-    trainer = get_trainer_from_args(dataset_name, NNUNET_CONFIGURATION, "all", TRAINER_NAME, plans_identifier,
-                                    device=torch.device("cpu"))
-    maybe_load_checkpoint(trainer, resume, False, None)
-    trainer.run_training()
 
 
 # ----------------------------------------------------------------------------------------- evaluation

@@ -328,6 +328,7 @@ def train_fold(
     resume: bool = False,
     num_processes: int | None = None,
     pretrained_weights: Path | None = None,
+    final_validation: bool = True,
 ) -> Path:
     """Train one fold with nnU-Net's ``run_training`` in a subprocess; returns the fold's folder.
 
@@ -335,18 +336,24 @@ def train_fold(
     ``num_processes`` sets nnU-Net's worker processes for the fold's final validation.
     ``pretrained_weights`` (a checkpoint with ``network_weights``, e.g. an exported model's fold) starts
     the network from those weights instead of a random initialisation (nnU-Net's fine-tuning); it cannot
-    be combined with ``resume``.
+    be combined with ``resume``. ``final_validation=False`` trains with :func:`fit_fold` instead, which
+    skips nnU-Net's end-of-training validation: for fold ``all`` its cases are the training cases, and
+    predicting them (with mirroring) costs minutes on a CPU for a figure that says nothing.
     """
-    command = [
-        sys.executable, "-m", "nnunetv2.run.run_training", dataset_name, NNUNET_CONFIGURATION, str(fold),
-        "-tr", TRAINER_NAME, "-p", configuration.plans_identifier, "-device", device,
-    ]
-    if resume:
-        command.append("--c")
-    if pretrained_weights is not None:
+    if pretrained_weights is not None and resume:
+        raise ValueError("a fold cannot both resume and start from pretrained weights")
+    if final_validation:
+        command = [
+            sys.executable, "-m", "nnunetv2.run.run_training", dataset_name, NNUNET_CONFIGURATION, str(fold),
+            "-tr", TRAINER_NAME, "-p", configuration.plans_identifier, "-device", device,
+        ]
         if resume:
-            raise ValueError("a fold cannot both resume and start from pretrained weights")
-        command += ["-pretrained_weights", str(pretrained_weights)]
+            command.append("--c")
+        if pretrained_weights is not None:
+            command += ["-pretrained_weights", str(pretrained_weights)]
+    else:
+        command = [sys.executable, "-c", _FIT_FOLD_PROGRAM, dataset_name, configuration.plans_identifier, str(fold),
+                   device, str(pretrained_weights or ""), "continue" if resume else "new"]
     fold_folder = results_folder(workspace, dataset_name, configuration) / f"fold_{fold}"
     logger.info("fold %s: %s", fold, " ".join(command[1:]))
     started = time.monotonic()
@@ -359,6 +366,43 @@ def train_fold(
         )
     logger.info("fold %s trained in %.1f min", fold, (time.monotonic() - started) / 60)
     return fold_folder
+
+
+#: The program :func:`train_fold` runs for ``final_validation=False``: :func:`fit_fold` in a fresh interpreter.
+_FIT_FOLD_PROGRAM = "import sys; from lesion_training.train import fit_fold_main; fit_fold_main(sys.argv[1:])"
+
+
+def fit_fold(dataset_name: str, plans_identifier: str, fold: int | str, *, device: str = "cpu",
+             resume: bool = False, pretrained_weights: str | Path | None = None) -> None:
+    """Train one fold with the project's trainer, without nnU-Net's final validation.
+
+    nnU-Net's ``run_training`` minus ``perform_actual_validation``, in the process that calls it (with the
+    workspace's nnU-Net variables set): the trainer's threads as ``nnUNetv2_train`` sets them, a checkpoint
+    to continue from (``resume``) or pretrained weights to start from, then the training loop.
+    """
+    import multiprocessing
+
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    torch_device = torch.device(device)
+    if torch_device.type == "cpu":
+        torch.set_num_threads(multiprocessing.cpu_count())
+    else:  # as nnUNetv2_train: more threads do not help a GPU run
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+    fold_value: int | str = fold if fold == "all" else int(fold)
+    trainer = get_trainer_from_args(dataset_name, NNUNET_CONFIGURATION, fold_value, TRAINER_NAME, plans_identifier,
+                                    device=torch_device)
+    maybe_load_checkpoint(trainer, resume, False, str(pretrained_weights) if pretrained_weights else None)
+    trainer.run_training()
+
+
+def fit_fold_main(argv: Sequence[str]) -> None:
+    """``dataset plans fold device pretrained_weights_or_empty continue|new``: :func:`fit_fold` (see train_fold)."""
+    dataset_name, plans_identifier, fold, device, pretrained, mode = argv
+    fit_fold(dataset_name, plans_identifier, fold, device=device, resume=mode == "continue",
+             pretrained_weights=pretrained or None)
 
 
 def completed_cross_validation(
