@@ -30,7 +30,9 @@ def test_thirty_studies_at_once_all_finish_once_with_bounded_memory(tmp_path: Pa
     assert report.results_exactly_once
     assert report.studies_per_hour > 0 and report.processing_s > 0
     assert report.gateway_peak_rss_mb is not None and report.gateway_peak_rss_mb < GATEWAY_MEMORY_BOUND_MB
-    assert report.app_peak_rss_mb_max is not None and report.app_peak_rss_mb_max > 10
+    # Recorded for every run (the light stand-in is a bare interpreter: ~8 MB, so no lower bound here).
+    assert report.app_peak_rss_mb_max is not None and report.app_peak_rss_mb_median is not None
+    assert 0 < report.app_peak_rss_mb_median <= report.app_peak_rss_mb_max
     text = report.markdown()
     assert "**studies per hour**" in text and "gateway peak memory" in text
 
