@@ -26,8 +26,8 @@ import requests
 from gateway.jobs import Job, JobQueue
 from gateway.orthanc_server import LocalOrthanc, free_port
 from synthetic_ct import WrittenStudy, generate_phantom, write_study
-from tests.gateway_support import (GATEWAY_AET, client_of, send_study, start_gateway, start_orthanc, stop_gateway,
-                                   wait_for, write_config)
+from tests.gateway_support import (GATEWAY_AET, client_of, processes_matching, send_study, start_gateway,
+                                   start_orthanc, stop_gateway, wait_for, write_config)
 from tests.test_app_model import lesion_model  # noqa: F401 - session fixture
 
 pytestmark = pytest.mark.slow
@@ -109,19 +109,6 @@ def test_watch_stores_seg_and_sr_into_the_study_once(tmp_path: Path, study: Writ
         assert "application done" in text and "stored seg.dcm, sr.dcm" in text
 
 
-def _app_processes(marker: str) -> list[int]:
-    """Ids of live processes whose command line contains ``marker``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 def test_receive_killed_mid_run_and_restarted_finishes_the_study_exactly_once(
         tmp_path: Path, study: WrittenStudy, lesion_model: Path) -> None:  # noqa: F811
     port = free_port()
@@ -150,7 +137,7 @@ def test_receive_killed_mid_run_and_restarted_finishes_the_study_exactly_once(
             os.kill(gateway.pid, signal.SIGKILL)
             gateway.wait()
             # The application died with the gateway (no orphan still computing).
-            wait_for(lambda: not _app_processes(str(tmp_path / "work" / "job-1" / "output-1")), timeout_s=10,
+            wait_for(lambda: not processes_matching(str(tmp_path / "work" / "job-1" / "output-1")), timeout_s=10,
                      what="the killed gateway's application to end")
             assert _results_in_pacs(pacs, study.study_uid) == {"SEG": [], "SR": []}
 
