@@ -9,7 +9,7 @@ at the top of axial slices. Orientation is taken from the volume's affine, never
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,16 +53,35 @@ DEFAULT_LABEL_STYLES: Mapping[int, LabelStyle] = {
 }
 
 
+# Label maps are scanned this many slices (axis 0) at a time: whole-volume comparisons of a 512x512x600
+# map would each allocate a 150 MB temporary (np.isin several of them).
+_SLAB = 32
+
+
 def _projection_labels(labels: np.ndarray, styles: Mapping[int, LabelStyle], axis: int) -> np.ndarray:
-    """Project a label map along ``axis`` keeping, per ray, the label of highest priority."""
+    """Project a label map along ``axis`` (1 or 2) keeping, per ray, the label of highest priority."""
+    if axis not in (1, 2):
+        raise ValueError(f"projection axis must be 1 or 2 (slab-wise along axis 0), got {axis}")
     out = np.zeros(np.delete(labels.shape, axis), dtype=labels.dtype)
     best = np.full(out.shape, -1, dtype=np.int16)
-    for value, style in styles.items():
-        hit = (labels == value).any(axis=axis)
-        take = hit & (style.priority > best)
-        out[take] = value
-        best[take] = style.priority
+    for start in range(0, labels.shape[0], _SLAB):
+        slab = labels[start:start + _SLAB]
+        rows = slice(start, start + slab.shape[0])
+        for value, style in styles.items():
+            take = (slab == value).any(axis=axis) & (style.priority > best[rows])
+            out[rows][take] = value
+            best[rows][take] = style.priority
     return out
+
+
+def _count_per_slice(labels: np.ndarray, values: Sequence[int] | None) -> np.ndarray:
+    """Voxels per slice (axis 0) whose label is one of ``values`` (None: any non-zero), int64 (n_slices,)."""
+    counts = np.zeros(labels.shape[0], dtype=np.int64)
+    for start in range(0, labels.shape[0], _SLAB):
+        slab = labels[start:start + _SLAB]
+        hits = slab != 0 if values is None else np.isin(slab, values)
+        counts[start:start + slab.shape[0]] = hits.sum(axis=(1, 2))
+    return counts
 
 
 def _overlay(ax, image: np.ndarray, labels: np.ndarray, styles: Mapping[int, LabelStyle],
@@ -143,10 +162,10 @@ def render_overview(
     axial_slices: list[tuple[str, int]] = []
     lesion_like = [v for v, s in styles.items() if s.priority > 0]
     if lesion_like:
-        per_slice = np.isin(lab_d, lesion_like).sum(axis=(1, 2))
+        per_slice = _count_per_slice(lab_d, lesion_like)
         if per_slice.any():
             axial_slices.append(("largest lesion", int(per_slice.argmax())))
-    labelled = np.flatnonzero((lab_d > 0).any(axis=(1, 2)))
+    labelled = np.flatnonzero(_count_per_slice(lab_d, None))
     if labelled.size:
         top, bottom = int(labelled[0]), int(labelled[-1])
         axial_slices.append(("proximal", top + (bottom - top) // 12))

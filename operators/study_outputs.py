@@ -145,27 +145,22 @@ def algorithm_info(model: LesionModelInfo, *, source: str | None = None) -> Algo
     )
 
 
-def segment_masks(
-    segmentation: StudySegmentation,
-    *,
-    femur_masks: Mapping[str, np.ndarray] | None = None,
-    lesion_masks: Mapping[str, np.ndarray] | None = None,
-) -> list[SegmentMask]:
+def segment_masks(segmentation: StudySegmentation) -> list[SegmentMask]:
     """The SEG's segments, in order: femurs (left, right), then lytic lesions, then cysts.
 
     A femur in view always has its segment; a lesion or cyst segment is included only for a femur where
-    it is not empty (a cyst segment only from a model with a cyst class). ``femur_masks`` and
-    ``lesion_masks`` may pass full-grid masks already built from ``segmentation``.
+    it is not empty (a cyst segment only from a model with a cyst class). Each mask stays in its femur's
+    crop box (:attr:`operators.femur_splitter.FemurCrop.box`): no full-grid array is built.
     """
-    femur_masks = femur_masks if femur_masks is not None else segmentation.femur_masks()
-    lesion_masks = lesion_masks if lesion_masks is not None else segmentation.lesion_masks()
     present = [side for side in SIDES if side in segmentation.femurs]
-    segments = [SegmentMask(SegmentSpec.femur(side), femur_masks[side]) for side in present]
-    segments += [SegmentMask(SegmentSpec.lytic_lesion(side), lesion_masks[side])
-                 for side in present if segmentation.femurs[side].has_lesion]
+    femurs = segmentation.femurs
+    segments = [SegmentMask(SegmentSpec.femur(side), femurs[side].crop.mask, femurs[side].crop.box)
+                for side in present]
+    segments += [SegmentMask(SegmentSpec.lytic_lesion(side), femurs[side].lesion, femurs[side].crop.box)
+                 for side in present if femurs[side].has_lesion]
     if segmentation.has_cyst_class:
-        segments += [SegmentMask(SegmentSpec.cyst(side), segmentation.femurs[side].cyst_mask)  # type: ignore[arg-type]
-                     for side in present if segmentation.femurs[side].has_cyst]
+        segments += [SegmentMask(SegmentSpec.cyst(side), femurs[side].cyst, femurs[side].crop.box)  # type: ignore[arg-type]
+                     for side in present if femurs[side].has_cyst]
     return segments
 
 
@@ -224,6 +219,8 @@ def write_study_outputs(
     femur_masks = segmentation.femur_masks()
     lesion_masks = segmentation.lesion_masks()
     findings = study_findings(grid=ct, femur_masks=femur_masks, lesion_masks=lesion_masks, config=findings_config)
+    # Four full-grid masks (600 MB for a 512x512x600 CT): the SEG and the overview do without them.
+    del femur_masks, lesion_masks
     seconds["findings"] = time.perf_counter() - start
 
     header = loaded.source_datasets[0] if loaded.source_datasets else None
@@ -240,13 +237,12 @@ def write_study_outputs(
         seg: Dataset | None = None
         if segmentation.femur_in_view and not missing:
             start = time.perf_counter()
-            segments = segment_masks(segmentation, femur_masks=femur_masks, lesion_masks=lesion_masks)
+            segments = segment_masks(segmentation)
             seg = build_segmentation(source_datasets=loaded.source_datasets, ct=ct, segments=segments,
                                      algorithm=algorithm, software_version=version)
             write_dataset(seg, staging / SEG_FILE)
             seconds["seg"] = time.perf_counter() - start
             logger.info("SEG: %s", ", ".join(repr(s.spec.label) for s in segments))
-        del femur_masks, lesion_masks
 
         sr: Dataset | None = None
         if not missing:

@@ -140,8 +140,11 @@ def test_seg_masks_equal_the_pipeline_voxel_for_voxel(femur_run: AppRun) -> None
     assert seg.StudyInstanceUID == ct.StudyInstanceUID and seg.FrameOfReferenceUID == ct.FrameOfReferenceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.SeriesInstanceUID
 
-    expected = {s.spec.label: s.mask for s in segment_masks(femur_run.segmentation)}
+    shape = femur_run.loaded.volume.spatial_shape
+    expected = {s.spec.label: s.full_mask(shape) for s in segment_masks(femur_run.segmentation)}
     assert {"Left femur", "Right femur"} <= set(expected)
+    for side in ("left", "right"):
+        assert np.array_equal(expected[f"{side.capitalize()} femur"], femur_run.segmentation.femurs[side].femur_mask)
     masks = read_segment_masks(femur_run.output / SEG_FILE, femur_run.loaded.volume)
     assert list(masks) == list(expected)
     for label, mask in expected.items():

@@ -183,3 +183,62 @@ def test_segments_that_do_not_overlap_are_declared_so(tmp_path):
         segments=[SegmentMask(SegmentSpec.femur("left"), masks["left"]),
                   SegmentMask(SegmentSpec.femur("right"), masks["right"])])
     assert seg.SegmentsOverlap == "NO"
+
+
+def _boxed(mask: np.ndarray, margin: int = 1) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    """``mask`` cut to its bounding box enlarged by ``margin`` (clipped): (box mask, box)."""
+    hits = np.nonzero(mask)
+    box = tuple(slice(max(int(h.min()) - margin, 0), min(int(h.max()) + 1 + margin, n))
+                for h, n in zip(hits, mask.shape))
+    return mask[box], box  # type: ignore[return-value]
+
+
+def test_segments_kept_in_their_box_give_the_seg_of_full_grid_masks(tmp_path):
+    # The application hands the writer each femur's masks in the femur's crop box, never on the full
+    # grid; frames, positions and pixels must be those of the same masks given on the full grid.
+    write_ct_series(tmp_path / "ct", n_slices=12, rows=16, columns=18, orientation=FFS_ORIENTATION,
+                    patient_position="FFS", slice_offsets=(np.arange(12) * 2.0)[::-1])
+    loaded = load_study(tmp_path / "ct")
+    masks = _masks(loaded.volume.spatial_shape)
+    z = np.arange(masks["left"].shape[0])[:, None, None]
+    full = {"left": masks["left"] & (z >= 2) & (z <= 9), "right": masks["right"] & (z >= 4),
+            "lesion": masks["lesion"]}
+    specs = {"left": SegmentSpec.femur("left"), "right": SegmentSpec.femur("right"),
+             "lesion": SegmentSpec.lytic_lesion("left")}
+    # The lesion's box is the left femur's (as in the application): it holds empty slices around it.
+    left_mask, left_box = _boxed(full["left"], margin=2)
+    right_mask, right_box = _boxed(full["right"], margin=0)
+    boxed = [SegmentMask(specs["left"], left_mask, left_box),
+             SegmentMask(specs["right"], right_mask, right_box),
+             SegmentMask(specs["lesion"], full["lesion"][left_box], left_box)]
+    whole = [SegmentMask(specs[k], full[k]) for k in ("left", "right", "lesion")]
+    for seg in boxed:
+        assert np.array_equal(seg.full_mask(loaded.volume.spatial_shape), full[{"Left femur": "left",
+                              "Right femur": "right"}.get(seg.spec.label, "lesion")])
+
+    a = build_segmentation(source_datasets=loaded.source_datasets, ct=loaded.volume, segments=boxed,
+                           algorithm=ALGORITHM)
+    b = build_segmentation(source_datasets=loaded.source_datasets, ct=loaded.volume, segments=whole,
+                           algorithm=ALGORITHM)
+    assert int(a.NumberOfFrames) == int(b.NumberOfFrames) == sum(int(m.any(axis=(1, 2)).sum()) for m in full.values())
+    positions = [[tuple(f.PlanePositionSequence[0].ImagePositionPatient) for f in s.PerFrameFunctionalGroupsSequence]
+                 for s in (a, b)]
+    assert positions[0] == positions[1]
+    np.testing.assert_array_equal(a.pixel_array, b.pixel_array)
+    back = read_segment_masks(write_dataset(a, tmp_path / "seg.dcm"), loaded.volume)
+    np.testing.assert_array_equal(back["Lytic lesion, left femur"], full["lesion"])
+    np.testing.assert_array_equal(back["Right femur"], full["right"])
+
+
+@pytest.mark.parametrize("box,mask_shape,message", [
+    ((slice(0, 4), slice(0, 8), slice(0, 8)), (4, 8, 7), "its box"),
+    ((slice(8, 12), slice(0, 8), slice(0, 8)), (4, 8, 8), "inside the CT"),
+    ((slice(0, 4), slice(None, 8), slice(0, 8)), (4, 8, 8), "inside the CT"),
+    ((slice(0, 4, 2), slice(0, 8), slice(0, 8)), (2, 8, 8), "unit-step"),
+])
+def test_segment_box_outside_the_ct_or_of_another_shape_is_refused(tmp_path, box, mask_shape, message):
+    write_ct_series(tmp_path / "ct", n_slices=10, rows=8, columns=8)
+    loaded = load_study(tmp_path / "ct")
+    with pytest.raises(ValueError, match=message):
+        build_segmentation(source_datasets=loaded.source_datasets, ct=loaded.volume, algorithm=ALGORITHM,
+                           segments=[SegmentMask(SegmentSpec.femur("left"), np.ones(mask_shape, bool), box)])

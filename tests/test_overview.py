@@ -50,3 +50,21 @@ def test_render_overview_rejects_mismatched_labels(tmp_path):
     ct, labels = _volume(False)
     with pytest.raises(ValueError, match="does not match"):
         render_overview(ct, labels[:-1], tmp_path / "x.png")
+
+
+def test_projection_keeps_the_lesion_over_the_femur_on_every_ray_across_slabs():
+    from operators.overview import DEFAULT_LABEL_STYLES, _projection_labels
+
+    # 70 slices: the map is scanned in slabs of slices, the rays (axis 1) must not care.
+    labels = np.zeros((70, 12, 9), np.uint8)
+    labels[:, 2:10, 1:8] = 1  # left femur on every slice
+    labels[33, 5, 4] = 3  # one lesion voxel just past a slab boundary
+    labels[69, 7, 2] = 4  # a cyst on the last slice
+    labels[0, 0, 0] = 2
+    coronal = _projection_labels(labels, DEFAULT_LABEL_STYLES, axis=1)
+    expected = np.zeros((70, 9), np.uint8)
+    expected[:, 1:8] = 1
+    expected[33, 4] = 3
+    expected[69, 2] = 4
+    expected[0, 0] = 2
+    np.testing.assert_array_equal(coronal, expected)
