@@ -846,8 +846,89 @@ def _decode_into(instance: InstanceInfo, out: np.ndarray) -> None:
         ) from exc
 
 
+# Little-endian uncompressed transfer syntaxes the direct read handles: UID -> explicit VR.
+_DIRECT_SYNTAXES = {"1.2.840.10008.1.2": False, "1.2.840.10008.1.2.1": True}
+
+
+def _read_native_slice(instance: InstanceInfo) -> np.ndarray | None:
+    """The stored values of an uncompressed 16-bit greyscale slice, read straight from the file.
+
+    The scan's header (``instance.header``) and the position where it ended (``pixel_data_offset``)
+    already say where the pixels lie; reading them directly spares a second parse of the header, the
+    larger part of decoding a plain CT file. Returns an int16 / uint16 array (rows, columns) with the
+    unused high bits masked (unsigned) or the sign extended from BitsStored (signed), as pydicom's
+    ``pixel_array`` gives them; or None whenever anything is not the plain case (other syntaxes or bit
+    depths, a Modality LUT, several frames, an element length other than the image's, a short file),
+    and pydicom then decodes the file and reports what is wrong.
+    """
+    explicit = _DIRECT_SYNTAXES.get(instance.transfer_syntax_uid)
+    offset = instance.pixel_data_offset
+    rows, columns = instance.rows, instance.columns
+    if explicit is None or offset is None or not rows or not columns or instance.number_of_frames != 1:
+        return None
+    header = instance.header
+    try:
+        bits_allocated = int(header.get("BitsAllocated"))
+        bits_stored = int(header.get("BitsStored"))
+        high_bit = int(header.get("HighBit"))
+        signed = int(header.get("PixelRepresentation"))
+        samples = int(header.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        return None
+    if (bits_allocated != 16 or not 1 <= bits_stored <= 16 or high_bit != bits_stored - 1
+            or signed not in (0, 1) or samples != 1 or "ModalityLUTSequence" in header):
+        return None
+    expected = rows * columns * 2
+    element_header = 12 if explicit else 8
+    with open(instance.path, "rb") as fh:
+        fh.seek(offset)
+        head = fh.read(element_header)
+        if len(head) != element_header or head[:4] != _PIXEL_DATA_TAG:
+            return None
+        if explicit and head[4:6] not in (b"OW", b"OB"):
+            return None
+        if int.from_bytes(head[-4:], "little") != expected:
+            return None  # undefined length (encapsulated data under a native syntax) or another size
+        data = fh.read(expected)
+    if len(data) != expected:
+        return None
+    stored = np.frombuffer(data, dtype="<i2" if signed else "<u2").reshape(rows, columns)
+    if bits_stored < 16:
+        if signed:
+            shift = 16 - bits_stored
+            stored = (stored << shift) >> shift  # sign extension from the BitsStored-th bit
+        else:
+            stored = stored & np.uint16((1 << bits_stored) - 1)
+    return stored
+
+
+def _rescale_into(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray, path: Path) -> None:
+    """``out[...] = stored * slope + intercept`` in float32 (no float64 temporaries of the slice)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
+        out += np.float32(intercept)
+    # Stored values are at most 32 bits: below this bound the float32 result cannot overflow.
+    if abs(slope) * 2.0**32 + abs(intercept) > 1e38 and not np.isfinite(out).all():
+        raise PixelDataError(
+            f"{path}: RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give values beyond float32"
+        )
+
+
+def _rescale_of(header: Dataset) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of a header; 1 and 0 where absent or unreadable."""
+    slope = _float_or_none(header.get("RescaleSlope"))
+    intercept = _float_or_none(header.get("RescaleIntercept"))
+    return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+
+
 def _decode_file(instance: InstanceInfo, out: np.ndarray) -> None:
     path = instance.relative_path
+    stored = _read_native_slice(instance)
+    if stored is not None:
+        if stored.shape != out.shape:
+            raise PixelDataError(f"{path}: pixel data has shape {stored.shape}, the series {out.shape}")
+        _rescale_into(stored, *_rescale_of(instance.header), out, path)
+        return
     try:
         ds = pydicom.dcmread(instance.path, force=True)
     except Exception as exc:  # noqa: BLE001
@@ -883,19 +964,7 @@ def _decode_file(instance: InstanceInfo, out: np.ndarray) -> None:
         if not np.isfinite(out).all():
             raise PixelDataError(f"{path}: the Modality LUT gives values that are not finite numbers")
         return
-    slope = _float_or_none(ds.get("RescaleSlope"))
-    intercept = _float_or_none(ds.get("RescaleIntercept"))
-    slope = 1.0 if slope is None else slope
-    intercept = 0.0 if intercept is None else intercept
-    # float32 arithmetic throughout: no float64 temporaries of the slice.
-    with np.errstate(over="ignore", invalid="ignore"):
-        np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
-        out += np.float32(intercept)
-    # Stored values are at most 32 bits: below this bound the float32 result cannot overflow.
-    if abs(slope) * 2.0**32 + abs(intercept) > 1e38 and not np.isfinite(out).all():
-        raise PixelDataError(
-            f"{path}: RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give values beyond float32"
-        )
+    _rescale_into(stored, *_rescale_of(ds), out, path)
 
 
 def _source_header(instance: InstanceInfo) -> Dataset:

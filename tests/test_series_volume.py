@@ -368,3 +368,53 @@ def test_transfer_syntax_without_decoder_fails_before_decoding(tmp_path: Path) -
     ds.save_as(written.paths[2])
     with pytest.raises(PixelDataError, match=r"^slice_002.dcm: no installed decoder for transfer syntax MPEG2"):
         load_series_volume(_series(tmp_path))
+
+
+@pytest.mark.parametrize("syntax", [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])
+@pytest.mark.parametrize("representation,bits_stored", [(1, 16), (1, 12), (0, 16), (0, 12)])
+def test_direct_read_of_plain_files_gives_pydicoms_values(tmp_path, syntax, representation, bits_stored):
+    # Uncompressed 16-bit slices are read straight from the file at the offset the scan found; the
+    # values must be pydicom's, unused high bits included (masked when unsigned, sign-extended when
+    # signed), and the volume the one decoding each file with pydicom gives.
+    from operators.series_volume import _read_native_slice
+
+    folder = tmp_path / "ct"
+    write_ct_series(folder, n_slices=4, rows=6, columns=7, transfer_syntax=syntax,
+                    pixel_representation=representation, rescale_slope=0.5)
+    rng = np.random.default_rng(bits_stored + 10 * representation)
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+        # Random 16-bit words: garbage above BitsStored must be treated as pydicom treats it.
+        ds.PixelData = rng.integers(0, 2**16, size=(6, 7), dtype=np.uint16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+
+    index = scan_dicom_folder(folder)
+    series = next(iter(next(iter(index.studies.values())).series.values()))
+    for instance in series.instances:
+        direct = _read_native_slice(instance)
+        reference = pydicom.pixels.pixel_array(pydicom.dcmread(instance.path))
+        assert direct is not None, "the plain case must take the direct read"
+        assert direct.dtype == reference.dtype
+        np.testing.assert_array_equal(direct, reference)
+
+    loaded = load_series_volume(series)
+    slope_intercept = [(float(i.header.RescaleSlope), float(i.header.RescaleIntercept)) for i in series.instances]
+    expected = {tuple(np.round(i.image_position, 3)): pydicom.pixels.pixel_array(pydicom.dcmread(i.path))
+                .astype(np.float32) * np.float32(s) + np.float32(b)
+                for i, (s, b) in zip(series.instances, slope_intercept)}
+    for k, ds in enumerate(loaded.source_datasets):
+        np.testing.assert_array_equal(loaded.volume.array[k], expected[tuple(np.round(
+            [float(v) for v in ds.ImagePositionPatient], 3))])
+
+
+def test_direct_read_leaves_other_files_to_pydicom(tmp_path):
+    from operators.series_volume import _read_native_slice
+
+    write_ct_series(tmp_path / "be", n_slices=3, rows=6, columns=7, transfer_syntax=uid.ExplicitVRBigEndian)
+    write_ct_series(tmp_path / "rle", n_slices=3, rows=6, columns=7, transfer_syntax=uid.RLELossless)
+    for name in ("be", "rle"):
+        index = scan_dicom_folder(tmp_path / name)
+        series = next(iter(next(iter(index.studies.values())).series.values()))
+        assert all(_read_native_slice(i) is None for i in series.instances), name
+        assert load_series_volume(series).volume.spatial_shape == (3, 6, 7)
