@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="slice counts for the growth with the number of slices, e.g. 200,400,800 (the default; "
                              "none with --quick); an empty string skips it")
     parser.add_argument("--skip-stock", action="store_true", help="do not run the stock MONAI Deploy path")
+    parser.add_argument("--stock-ingest-only", action="store_true",
+                        help="run only the stock path's ingest (loader + selector + volume) on the main study, not "
+                             "its whole-volume inference (minutes on a CPU): for checking the ingest")
     parser.add_argument("--no-settings-table", action="store_true", help="skip the inference settings table")
     parser.add_argument("--settings-seeds", type=_int_list, help="held-out seeds of the settings table "
                         f"(default {','.join(map(str, settings_table.DEFAULT_SEEDS))}; one with --quick)")
@@ -129,8 +132,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     study = ensure_study(args.workdir, preset=preset, seed=args.seed, slices=study_slices)
-    main_entry = _measure_study(study, model, args, "main", stock_model=True)
-    main_entry["ratios"] = compute_ratios(main_entry["ours"], main_entry.get("stock"), main_entry["references"])
+    main_entry = _measure_study(study, model, args, "main", stock_model=not args.stock_ingest_only)
+    main_entry["ratios"] = compute_ratios(main_entry["ours"], main_entry.get("stock"), main_entry["references"],
+                                          main_entry.get("stock_ingest"))
 
     scaling = []
     for count in slices:

@@ -41,8 +41,8 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def compute_ratios(ours: dict[str, Any], stock: dict[str, Any] | None, references: dict[str, Any] | None
-                   ) -> dict[str, Any]:
+def compute_ratios(ours: dict[str, Any], stock: dict[str, Any] | None, references: dict[str, Any] | None,
+                   stock_ingest: dict[str, Any] | None = None) -> dict[str, Any]:
     """Figures and ratios of one study from its measurements (each a :mod:`benchmarks.child` result).
 
     Returns
@@ -50,10 +50,11 @@ def compute_ratios(ours: dict[str, Any], stock: dict[str, Any] | None, reference
     dict
         ``figures`` (seconds, MiB and voxel counts that the ratios compare) and ``targets`` (a list of
         dicts: ``name``, ``ours``, ``reference``, ``ratio``, ``target``, ``met``; the ratio is None when
-        a measurement is missing, e.g. the stock path skipped).
+        a measurement is missing, e.g. the stock path skipped). ``stock_ingest``, a run of the stock
+        path's ingest alone, gives the SDK's ingest figure where ``stock`` is None.
     """
     ingest_ours = _stage_seconds(ours, our_path.INGEST_STAGES)
-    ingest_sdk = _stage_seconds(stock, stock_path.INGEST_STAGES)
+    ingest_sdk = _stage_seconds(stock if stock is not None else stock_ingest, stock_path.INGEST_STAGES)
     simpleitk = _stage_seconds(references, (SIMPLEITK_STAGE,))
     inference_ours = _stage_seconds(ours, prefix=our_path.INFERENCE_PREFIX)
     inference_stock = _stage_seconds(stock, (stock_path.INFERENCE_STAGE,))
@@ -145,6 +146,8 @@ def _study_section(entry: dict[str, Any]) -> list[str]:
     lines += ["### Our path", "", *_stage_table(entry["ours"]), ""]
     if entry.get("stock"):
         lines += ["### Stock MONAI Deploy path", "", *_stage_table(entry["stock"]), ""]
+    elif entry.get("stock_ingest"):
+        lines += ["### Stock MONAI Deploy path (ingest only)", "", *_stage_table(entry["stock_ingest"]), ""]
     if entry.get("references"):
         lines += ["### Reference decoders (chosen series alone)", "", *_stage_table(entry["references"])[:-1], ""]
         for stage, error in entry["references"]["result"].get("errors", {}).items():
