@@ -49,7 +49,7 @@ from operators.dicom_seg import AlgorithmInfo, SegmentMask, SegmentSpec, build_s
 from operators.dicom_sr import build_findings_sr, write_findings_sr
 from operators.femur_splitter import SIDES, FemurSplit
 from operators.findings_report import write_findings_report
-from operators.lesion_findings import FindingsConfig, StudyFindings, study_findings
+from operators.lesion_findings import FindingsConfig, StudyFindings, study_findings_in_boxes
 from operators.lesion_model import LesionModelInfo
 from operators.lesion_segmentation import StudySegmentation
 from operators.overview import render_overview
@@ -216,11 +216,13 @@ def write_study_outputs(
     notes: list[str] = []
 
     start = time.perf_counter()
-    femur_masks = segmentation.femur_masks()
-    lesion_masks = segmentation.lesion_masks()
-    findings = study_findings(grid=ct, femur_masks=femur_masks, lesion_masks=lesion_masks, config=findings_config)
-    # Four full-grid masks (600 MB for a 512x512x600 CT): the SEG and the overview do without them.
-    del femur_masks, lesion_masks
+    # Each femur measured in its crop box: the full-grid result without four full-grid masks (600 MB
+    # for a 512x512x600 CT).
+    findings = study_findings_in_boxes(
+        grid=ct,
+        femurs={side: (femur.crop.box, femur.crop.mask, femur.lesion) for side, femur in segmentation.femurs.items()},
+        config=findings_config,
+    )
     seconds["findings"] = time.perf_counter() - start
 
     header = loaded.source_datasets[0] if loaded.source_datasets else None

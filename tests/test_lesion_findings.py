@@ -15,6 +15,7 @@ from operators.lesion_findings import (
     femur_findings,
     largest_diameter_mm,
     study_findings,
+    study_findings_in_boxes,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -321,3 +322,48 @@ def test_loaded_head_first_and_feet_first_series_give_the_same_findings(tmp_path
     assert a.largest_diameter_mm == pytest.approx(b.largest_diameter_mm)
     assert np.allclose(a.centroid_lps_mm, b.centroid_lps_mm)
     assert hfs.femur_volume_ml == pytest.approx(ffs.femur_volume_ml)
+
+
+@pytest.mark.parametrize("margin", [0, 1, 5])
+def test_findings_of_masks_in_boxes_equal_those_on_the_full_grid(margin):
+    # The application measures each femur in its crop box; the figures must be those of the full grid,
+    # also where the box is tighter than the room the measurement takes and where the femur leaves the
+    # image (the left block touches the grid's first slices).
+    grid = _block_grid()
+    shape = grid.spatial_shape
+    left = np.zeros(shape, dtype=bool)
+    left[0:14, 3:12, 3:12] = True
+    right = np.zeros(shape, dtype=bool)
+    right[5:19, 14:22, 13:22] = True
+    lesion_left = np.zeros(shape, dtype=bool)
+    lesion_left[0:4, 5:9, 5:12] = True  # at the image edge and reaching the surface
+    lesion_left[9, 6, 6] = True  # a component too small to report
+    lesion_right = np.zeros(shape, dtype=bool)
+    lesion_right[9:13, 16:19, 16:19] = True
+
+    def boxed(mask, lesion):
+        hits = np.nonzero(mask)
+        box = tuple(slice(max(0, int(h.min()) - margin), min(n, int(h.max()) + 1 + margin))
+                    for h, n in zip(hits, shape))
+        return box, mask[box], lesion[box]
+
+    full = study_findings(grid=grid, femur_masks={"left": left, "right": right},
+                          lesion_masks={"left": lesion_left, "right": lesion_right})
+    in_boxes = study_findings_in_boxes(grid=grid, femurs={"left": boxed(left, lesion_left),
+                                                          "right": boxed(right, lesion_right)})
+    assert full.left.n_lesions == 1 and full.left.n_small_components_ignored == 1 and full.right.n_lesions == 1
+    assert json.dumps(in_boxes.to_dict(), sort_keys=True) == json.dumps(full.to_dict(), sort_keys=True)
+
+    one_side = study_findings_in_boxes(grid=grid, femurs={"right": boxed(right, lesion_right)})
+    assert not one_side.left.present and one_side.right.to_dict() == full.right.to_dict()
+
+
+def test_boxes_outside_the_grid_or_of_another_shape_are_refused():
+    grid = _block_grid()
+    femur = np.ones((4, 4, 4), dtype=bool)
+    with pytest.raises(ValueError, match="inside the grid"):
+        study_findings_in_boxes(grid=grid, femurs={"left": ((slice(18, 22), slice(0, 4), slice(0, 4)), femur, None)})
+    with pytest.raises(ValueError, match="its box"):
+        study_findings_in_boxes(grid=grid, femurs={"left": ((slice(0, 4), slice(0, 4), slice(0, 5)), femur, None)})
+    with pytest.raises(ValueError, match="keys"):
+        study_findings_in_boxes(grid=grid, femurs={"middle": ((slice(0, 4),) * 3, femur, None)})
