@@ -23,6 +23,12 @@ The paper's five-fold cross-validation on a GPU, with folds grouped by patient::
     python -m lesion_training train --dataset 501 --config paper --folds 0 1 2 3 4 --device cuda \\
         --workspace ~/femur-nnunet --splits splits_by_patient.json
 
+A learning curve like the paper's (24 / 64 / 80 training femurs, all validated on the same held-out
+patients), in a workspace of its own::
+
+    python -m lesion_training learning-curve --dataset /data/Dataset501_FemurLesion --sizes 24 64 80 \\
+        --config paper --device cuda --workspace ~/femur-nnunet-curve
+
 Check an installation end to end on a toy dataset (a few minutes on a laptop)::
 
     python -m lesion_training toy --output toy/Dataset999_Toy
@@ -71,6 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     train.add_argument("--epochs", type=int,
                        help="train this many epochs instead of the configuration's (recorded in the plans)")
+
+    curve = commands.add_parser("learning-curve",
+                                help="train on growing subsets of the femurs, validate all on the same held-out ones")
+    curve.add_argument("--dataset", required=True,
+                       help="raw dataset folder DatasetXXX_Name, or its id/name in the workspace")
+    curve.add_argument("--sizes", required=True, type=int, nargs="+",
+                       help="training femurs of each model, increasing (the paper: 24 64 80)")
+    curve.add_argument("--workspace", required=True, type=Path,
+                       help="nnU-Net folders of this curve (its own: the dataset's splits_final.json there is replaced)")
+    curve.add_argument("--config", default="small", choices=sorted(CONFIGURATIONS),
+                       help="training configuration (default: small)")
+    curve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="training device (default: auto = CUDA if available)")
+    curve.add_argument("--validation-fraction", type=float, default=0.2,
+                       help="share of the patients held out for validation (default: 0.2)")
+    curve.add_argument("--seed", type=int, default=12345, help="seed of the shuffle of the patients")
+    curve.add_argument("--epochs", type=int, help="train this many epochs instead of the configuration's")
+    curve.add_argument("--num-processes", type=int, help="worker processes for preprocessing and validation")
+    curve.add_argument("--out", type=Path, help="folder of learning_curve.md/.csv (default: WORKSPACE/learning_curve)")
 
     build = commands.add_parser("build-dataset", help="build an nnU-Net dataset of femur cases from CT studies")
     build.add_argument("--cases", required=True, type=Path, help="CSV with columns patient,ct,reference")
@@ -143,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build_dataset(args)
         if args.command == "synthetic-dataset":
             return _synthetic_dataset(args)
+        if args.command == "learning-curve":
+            return _learning_curve(args)
         return _export(args)
     except FemurSegError as error:
         logger.debug("failed", exc_info=True)
@@ -172,6 +199,25 @@ def _train(args: argparse.Namespace) -> int:
         print(f"model: {run.exported.folder} ({run.exported.size_bytes / 1e6:.1f} MB)")
     if run.cross_validation_dice is not None:
         print(f"cross-validation Dice (folds {' '.join(map(str, run.folds))}): {run.cross_validation_dice:.4f}")
+    return 0
+
+
+def _learning_curve(args: argparse.Namespace) -> int:
+    from lesion_training.learning_curve import run_learning_curve
+
+    configuration = get_configuration(args.config)
+    if args.epochs is not None:
+        configuration = configuration.replace(
+            num_epochs=args.epochs, description=f"{configuration.description}; {args.epochs} epochs")
+    out = args.out or args.workspace / "learning_curve"
+    points = run_learning_curve(
+        args.dataset, workspace=args.workspace, sizes=args.sizes, configuration=configuration, device=args.device,
+        validation_fraction=args.validation_fraction, seed=args.seed, num_processes=args.num_processes, out=out,
+    )
+    for p in points:
+        print(f"{p.training_femurs} femurs ({p.training_patients} patients): lesion Dice {p.dice_mean:.3f} "
+              f"over {p.n_scored} validation femurs, {p.n_true_negative} true negative(s)")
+    print(f"table: {out / 'learning_curve.md'}")
     return 0
 
 
