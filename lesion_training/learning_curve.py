@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.case_ids import parse_case_id
+from evaluation.statistics import MeanSD
+from evaluation.tables import format_mean_sd
 from lesion_training.configurations import TrainingConfiguration, get_configuration
 from lesion_training.nnunet_workspace import NnUNetWorkspace
 from operators.atomic_files import write_text_atomic
@@ -221,7 +223,8 @@ def write_learning_curve(points: Sequence[LearningCurvePoint], folder: str | Pat
         "|---:|---:|---|---:|---:|",
     ]
     for p in points:
-        lines.append(f"| {p.training_femurs} | {p.training_patients} | {_mean_sd(p.dice_mean, p.dice_sd)} | "
+        dice = MeanSD(mean=p.dice_mean, sd=p.dice_sd, n=p.n_scored, n_nan=p.n_true_negative)
+        lines.append(f"| {p.training_femurs} | {p.training_patients} | {format_mean_sd(dice)} | "
                      f"{p.n_scored} | {p.n_true_negative} |")
     lines += ["", "The paper (real CT, 5-fold cross-validation): 0.53 / 0.64 / 0.61 with 24 / 64 / 80 femurs.", ""]
     buffer = io.StringIO()
@@ -235,12 +238,6 @@ def write_learning_curve(points: Sequence[LearningCurvePoint], folder: str | Pat
     write_text_atomic(md_path, "\n".join(lines))
     write_text_atomic(csv_path, buffer.getvalue())
     return md_path, csv_path
-
-
-def _mean_sd(mean: float, sd: float) -> str:
-    if math.isnan(mean):
-        return "NaN (no femur scored)"
-    return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
 def _csv_number(value: float) -> str:

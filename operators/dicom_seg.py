@@ -23,6 +23,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from operators.atomic_files import atomic_output_path
+from operators.femur_geometry import box_shape, is_index_box_in
 from operators.patient_identity import identity_for_copy, patient_values_hidden
 
 logger = logging.getLogger(__name__)
@@ -184,15 +185,11 @@ class SegmentMask:
                     f"mask of segment {self.spec.label!r} has shape {self.mask.shape}, the CT has {shape}"
                 )
             return
-        if len(self.box) != 3 or any(
-            b.step not in (None, 1) or b.start is None or b.stop is None or not 0 <= b.start <= b.stop <= n
-            for b, n in zip(self.box, shape)
-        ):
+        if not is_index_box_in(self.box, shape):
             raise ValueError(f"box of segment {self.spec.label!r} is not a unit-step index box inside the CT {shape}")
-        box_shape = tuple(b.stop - b.start for b in self.box)
-        if self.mask.shape != box_shape:
+        if self.mask.shape != box_shape(self.box):
             raise ValueError(
-                f"mask of segment {self.spec.label!r} has shape {self.mask.shape}, its box {box_shape}"
+                f"mask of segment {self.spec.label!r} has shape {self.mask.shape}, its box {box_shape(self.box)}"
             )
 
     def _occupied_slices(self, n_slices: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,6 +180,14 @@ def enlarge_box(box: Box, margin_vox: tuple[int, int, int], shape: tuple[int, ..
     return tuple(
         slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, margin_vox, shape)
     )  # type: ignore[return-value]
+
+
+def is_index_box_in(box: Sequence[slice], shape: Sequence[int]) -> bool:
+    """Whether ``box`` is three unit-step slices with explicit bounds inside a grid of ``shape`` (z, y, x)."""
+    return len(box) == 3 and all(
+        b.step in (None, 1) and b.start is not None and b.stop is not None and 0 <= b.start <= b.stop <= n
+        for b, n in zip(box, shape)
+    )
 
 
 def box_shape(box: Box) -> tuple[int, int, int]:

@@ -66,7 +66,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-from operators.femur_geometry import CanonicalView, box_from_mask
+from operators.femur_geometry import CanonicalView, box_from_mask, box_shape, is_index_box_in
 
 logger = logging.getLogger(__name__)
 
@@ -510,8 +510,7 @@ def study_findings_in_boxes(
             per_side[side] = femur_findings(side=side, femur_mask=None, lesion_mask=None, grid=grid, config=config)
             continue
         box, femur_mask, lesion_mask = femurs[side]
-        if len(box) != 3 or any(b.step not in (None, 1) or b.start is None or b.stop is None
-                                or not 0 <= b.start <= b.stop <= n for b, n in zip(box, shape)):
+        if not is_index_box_in(box, shape):
             raise ValueError(f"{side} femur box is not a unit-step index box inside the grid {shape}")
         outer = tuple(slice(max(0, b.start - pad), min(n, b.stop + pad)) for b, n in zip(box, shape))
         inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))
@@ -521,8 +520,8 @@ def study_findings_in_boxes(
             if mask is None:
                 return None
             mask = np.asarray(mask)
-            if mask.shape != tuple(b.stop - b.start for b in box):
-                raise ValueError(f"{side} {what} has shape {mask.shape}, its box {tuple(b.stop - b.start for b in box)}")
+            if mask.shape != box_shape(box):
+                raise ValueError(f"{side} {what} has shape {mask.shape}, its box {box_shape(box)}")
             out = np.zeros(outer_shape, dtype=mask.dtype)
             out[inner] = mask
             return out
