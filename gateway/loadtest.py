@@ -69,6 +69,8 @@ class LoadReport:
     app_peak_rss_mb_median: float | None = None
     app_seconds_median: float | None = None
     results_exactly_once: bool = False
+    cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    load_average: list[float] = field(default_factory=list)  # 1-minute load average, each minute of the run
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -79,10 +81,14 @@ class LoadReport:
         def mb(value: float | None) -> str:
             return "n/a" if value is None else f"{value:.0f} MiB"
 
+        # The interpreter's path says where this machine keeps its files, not what ran.
+        command = " ".join(["python" if i == 0 and c == sys.executable else c for i, c in enumerate(self.app_command)])
+        load = (f"load average {min(self.load_average):.1f}-{max(self.load_average):.1f} during the run"
+                if self.load_average else "load average not sampled")
         lines = [
             "# Gateway load test", "",
             f"{self.studies} studies ({self.instances_per_study} images each) stored into Orthanc at once, "
-            f"{self.workers} worker(s), application `{' '.join(self.app_command)}`.", "",
+            f"{self.workers} worker(s), application `{command}`; {self.cores} CPU cores, {load}.", "",
             "| measure | value |", "|---|---|",
             f"| studies done / failed | {self.done} / {self.failed} |",
             f"| attempts (all jobs) | {self.attempts} |",
@@ -175,12 +181,21 @@ def run_load_test(*, work: Path, studies: int, workers: int, app_command: Sequen
             gateway = subprocess.Popen([sys.executable, "-m", "gateway", "watch", "-c", str(config)], cwd=REPO_ROOT,
                                        env=env, stdout=log, stderr=subprocess.STDOUT)
         peak: float | None = None
+        shown: tuple[int, int] | None = None
+        next_load_sample = time.monotonic()
         try:
             deadline = time.monotonic() + timeout_s
             with JobQueue(path=work / "gateway.sqlite") as queue:
                 while time.monotonic() < deadline:
                     peak = max(filter(None, (peak, peak_rss_mb(gateway.pid))), default=None)
+                    if time.monotonic() >= next_load_sample:
+                        report.load_average.append(round(os.getloadavg()[0], 2))
+                        next_load_sample += 60.0
                     counts = queue.counts()
+                    if (counts["done"], counts["failed"]) != shown:
+                        shown = (counts["done"], counts["failed"])
+                        logger.info("%d of %d studies done, %d failed (%.0f s)", shown[0], studies, shown[1],
+                                    time.monotonic() - started)
                     if counts["done"] + counts["failed"] >= studies:
                         break
                     if gateway.poll() is not None:
