@@ -233,9 +233,10 @@ def head_candidates(
     out = []
     for peak in _peaks(score, 4 * max_candidates, min_distance=int(np.ceil(15.0 / spacing_a.min()))):
         centre = (np.asarray(peak) + lo) * spacing_a
-        # The head is well above and medial of the shaft run's end (the run ends at the lesser
-        # trochanter or below; the head centre is 40-50 mm medial of the shaft axis).
-        if (centre - shaft_top_mm) @ up < 25.0 or (centre - shaft_top_mm) @ medial < 15.0:
+        # The head is well above the shaft run's end (the run ends at the lesser trochanter or below)
+        # and medial of it: 40-50 mm medial of the shaft axis in most hips, but the top of the run can
+        # lean medially itself, so that only ~15 mm are left (a valgus neck, a rotated patient).
+        if (centre - shaft_top_mm) @ up < 25.0 or (centre - shaft_top_mm) @ medial < 5.0:
             continue
         out.append(centre)
         if len(out) == max_candidates:
@@ -306,8 +307,10 @@ def fit_head_sphere(
                         best_c, best_fit = c, trial
         centre, fit = best_c, best_fit
     if fit is None or fit.depth < min_gap_depth_hu or fit.rim - fit.gap < min_rim_contrast_hu:
+        logger.debug("rejected a head candidate near %s mm: no joint gap around it", np.round(centre_mm, 1))
         return None
     if not radius_range_mm[0] <= fit.head_radius <= radius_range_mm[1]:
+        logger.debug("rejected a head candidate near %s mm: radius %.1f mm", np.round(centre_mm, 1), fit.head_radius)
         return None
     neck = _neck_direction(sub, spacing, centre - origin, neck, fit.head_radius, fit.cup_radius)
     covered = _cup_coverage(sub, spacing, centre - origin, neck, fit)
@@ -315,7 +318,10 @@ def fit_head_sphere(
     solid_angle = np.sin((np.arange(_N_POLAR) + 0.5) / _N_POLAR * np.pi)[:, None]
     coverage = float((covered * solid_angle).sum() / (solid_angle.sum() * _N_AZIMUTH))
     if coverage < min_coverage:
-        logger.debug("rejected a head candidate: the cup covers only %.0f%%", 100 * coverage)
+        logger.debug(
+            "rejected a head candidate: centre %s mm, radius %.1f mm, cup %.1f mm, gap depth %.0f HU, but the cup"
+            " covers only %.0f%%", np.round(centre, 1), fit.head_radius, fit.cup_radius, fit.depth, 100 * coverage,
+        )
         return None
     logger.debug(
         "femoral head: centre %s mm, radius %.1f mm, cup %.1f mm, gap depth %.0f HU, cup covers %.0f%%",

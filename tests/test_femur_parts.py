@@ -134,6 +134,23 @@ def test_the_head_is_found_and_fitted_to_its_sphere():
     assert np.all(np.linalg.norm(np.stack([zf, yf, xf], 1) - HEAD_CENTRE, axis=1) < HEAD_RADIUS)
 
 
+@pytest.mark.parametrize(("medial_of_shaft_mm", "found"), [(10.0, True), (-5.0, False)])
+def test_a_head_close_above_a_medially_leaning_shaft_is_a_candidate_one_lateral_of_it_is_not(
+    medial_of_shaft_mm, found
+):
+    # A valgus neck or a rotated patient leaves the top of the shaft run only ~10-15 mm lateral of the
+    # head centre; a ball lateral of the shaft cannot be the head.
+    image, _ = _hip()
+    coarse = block_mean(image, (2, 2, 2))
+    shaft_top = np.array([10.0, 50.0, HEAD_CENTRE[2] - medial_of_shaft_mm])
+    candidates = head_candidates(
+        coarse, (2.0, 2.0, 2.0), shaft_top_mm=shaft_top, shaft_direction=np.array([1.0, 0.0, 0.0]),
+        medial=np.array([0.0, 0.0, 1.0]),
+    )
+    near = [c for c in candidates if np.linalg.norm(c + 0.5 - HEAD_CENTRE) < 4.0]
+    assert bool(near) is found
+
+
 def test_a_ball_without_a_socket_is_not_a_hip():
     image, spacing = _hip(noise=0.0)
     z, y, x = np.meshgrid(*[np.arange(n) * 1.0 for n in image.shape], indexing="ij")
