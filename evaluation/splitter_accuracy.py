@@ -32,17 +32,17 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 
+from evaluation.cli import _OneLineErrorParser
 from evaluation.tables import csv_text, markdown_table
 from operators.atomic_files import write_text_atomic
 from operators.femur_splitter import SIDES, FemurSplit, split_femurs
 
 logger = logging.getLogger(__name__)
 
-#: The issue's target for the splitter on standard studies.
+#: Femur Dice the splitter is held to on standard studies.
 DEFAULT_TARGET_DICE = 0.97
 POSITIONS = ("HFS", "FFS")
 
@@ -233,11 +233,6 @@ def report_csv(rows: Iterable[FemurAccuracy]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-
-class _OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
 
 def _seeds(text: str) -> list[int]:
     out: list[int] = []
