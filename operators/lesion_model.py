@@ -391,7 +391,9 @@ class LesionModel:
         """The torch device the model runs on, e.g. ``"cpu"`` or ``"cuda:0"``."""
         return str(self._predictor.device)
 
-    def predict(self, volume: hd.Volume, *, return_probabilities: bool = False) -> LesionPrediction:
+    def predict(
+        self, volume: hd.Volume, *, return_probabilities: bool = False, postprocess: bool = True
+    ) -> LesionPrediction:
         """Segment lytic lesions in one femur-only crop.
 
         Parameters
@@ -401,6 +403,9 @@ class LesionModel:
             :func:`to_nnunet_input`). nnU-Net resamples to the model's spacing and back itself.
         return_probabilities : bool
             Also return the class probabilities.
+        postprocess : bool
+            Apply the model's post-processing (:meth:`postprocess`) to the labels; False gives the
+            network's labels as they are (the probabilities are never post-processed).
 
         Returns
         -------
@@ -425,16 +430,45 @@ class LesionModel:
         )
         segmentation, probabilities = result if return_probabilities else (result, None)
         labels = nnunet_input.to_original(np.asarray(segmentation).astype(np.uint8, copy=False))
+        if postprocess:
+            labels = self.postprocess(labels, volume.spacing)
+        if probabilities is not None:
+            probabilities = nnunet_input.to_original(np.asarray(probabilities, dtype=np.float32))
+        return LesionPrediction(labels=labels, probabilities=probabilities)
+
+
+    def postprocess(self, labels: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+        """The model's post-processing of predicted labels, as :meth:`predict` applies it.
+
+        nnU-Net's own (``postprocessing.pkl``) when the model folder has one and it was loaded with
+        ``apply_postprocessing``, then the removal of lesion components under the model's
+        ``min_lesion_volume_ml``.
+
+        Parameters
+        ----------
+        labels : numpy.ndarray
+            uint8 labels on a crop's (z, y, x) grid.
+        spacing_mm : sequence of float
+            The crop's voxel size along (z, y, x), mm.
+
+        Returns
+        -------
+        numpy.ndarray
+            uint8 labels (``labels`` itself when there is nothing to apply).
+        """
         if self._postprocessing is not None:
             from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
 
             labels = apply_postprocessing(labels, *self._postprocessing).astype(np.uint8, copy=False)
         if self._min_lesion_volume_ml > 0:
             labels = remove_small_components(labels, self._lesion_value, self._min_lesion_volume_ml,
-                                             tuple(float(s) for s in volume.spacing))
-        if probabilities is not None:
-            probabilities = nnunet_input.to_original(np.asarray(probabilities, dtype=np.float32))
-        return LesionPrediction(labels=labels, probabilities=probabilities)
+                                             tuple(float(s) for s in spacing_mm))
+        return labels
+
+    @property
+    def has_postprocessing(self) -> bool:
+        """Whether :meth:`postprocess` changes anything (nnU-Net's or a smallest lesion volume)."""
+        return self._postprocessing is not None or self._min_lesion_volume_ml > 0
 
 
 def _resolve_device(device: str) -> Any:

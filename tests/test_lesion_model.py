@@ -296,6 +296,12 @@ def test_model_json_minimum_lesion_volume_is_applied_on_the_crops_grid(untrained
     unfiltered = LesionModel.from_folder(tmp_path / "m", device="cpu", use_mirroring=False,
                                          apply_postprocessing=False).predict(crop).labels
     assert np.array_equal(unfiltered, raw)
+    # The network's labels and the post-processing apart (one inference, both results; the evaluation
+    # of the shipped model scores both): the same as predict's.
+    assert model.has_postprocessing and not LesionModel.from_folder(untrained_model, device="cpu").has_postprocessing
+    apart = model.predict(crop, postprocess=False).labels
+    assert np.array_equal(apart, raw)
+    assert np.array_equal(model.postprocess(apart, crop.spacing), labels)
 
 
 @pytest.mark.parametrize("value", [-1, "big", True])
