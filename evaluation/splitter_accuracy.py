@@ -39,6 +39,7 @@ from evaluation.cli import _OneLineErrorParser
 from evaluation.tables import csv_text, markdown_table
 from operators.atomic_files import write_text_atomic
 from operators.femur_splitter import SIDES, FemurSplit, split_femurs
+from synthetic_ct.config import PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +135,7 @@ def femur_accuracy(
 
 
 def _error_map(split: FemurSplit, truth_masks: dict[str, np.ndarray]) -> np.ndarray:
-    pred = np.zeros(split.full_shape, dtype=bool)
-    for crop in split.femurs.values():
-        pred[crop.box] |= crop.mask
+    pred = split.label_map() > 0
     truth = truth_masks["left"] | truth_masks["right"]
     out = np.zeros(split.full_shape, dtype=np.uint8)
     out[pred & truth] = _AGREE
@@ -256,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=_seeds, required=True, metavar="A-B", help="seeds, e.g. 2000-2009 or 1,5,9")
     parser.add_argument("--positions", nargs="+", choices=POSITIONS, default=list(POSITIONS),
                         help="patient positions to generate each seed in (default both)")
-    parser.add_argument("--preset", default="standard", help="generator preset (default standard)")
+    parser.add_argument("--preset", default="standard", choices=sorted(PRESETS),
+                        help="generator preset (default standard)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET_DICE, metavar="D",
                         help=f"femur Dice marked as below target (default {DEFAULT_TARGET_DICE:g})")
