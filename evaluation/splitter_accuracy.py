@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.cli import _OneLineErrorParser
+from evaluation.overlap import dice
 from evaluation.tables import csv_text, markdown_table
 from operators.atomic_files import write_text_atomic
 from operators.femur_splitter import SIDES, FemurSplit, split_femurs
@@ -70,12 +71,6 @@ class FemurAccuracy:
     def in_view(self) -> bool:
         """Whether the truth or the splitter has this femur."""
         return self.truth_ml > 0 or self.predicted_ml > 0
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two bool masks; NaN when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return float("nan") if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def femur_accuracy(

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from lesion_training import configurations
 from lesion_training.cli import main
 from lesion_training.learning_curve import learning_curve_splits
 from operators.errors import TrainingDataError
+from tests.training_support import smoke_small_configuration
 
 
 def _cases(n_patients: int) -> list[str]:
@@ -51,16 +51,10 @@ def test_learning_curve_trains_each_subset_and_scores_the_common_validation_femu
     from lesion_training.toy_dataset import write_toy_dataset
 
     dataset = write_toy_dataset(tmp_path / "data" / "Dataset902_ToyCurve", num_cases=8)
-    tiny = configurations.SMALL.replace(num_epochs=2, iterations_per_epoch=3, val_iterations_per_epoch=1,
-                                        base_features=4, max_features=16)
-    mp = pytest.MonkeyPatch()
-    mp.setitem(configurations.CONFIGURATIONS, "small", tiny)
-    try:
+    with smoke_small_configuration():
         status = main(["learning-curve", "--dataset", str(dataset), "--sizes", "2", "5", "--device", "cpu",
                        "--workspace", str(tmp_path / "ws"), "--validation-fraction", "0.25",
                        "--num-processes", "1", "--out", str(tmp_path / "curve")])
-    finally:
-        mp.undo()
     assert status == 0
     with (tmp_path / "curve" / "learning_curve.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from operators.lesion_model import LesionModel, to_nnunet_input
-from lesion_training import configurations
 from lesion_training.cli import main
 from lesion_training.raw_dataset import patient_grouped_splits
 from lesion_training.toy_dataset import toy_femur_crop, write_toy_dataset
+from tests.training_support import smoke_small_configuration
 
 MAX_SMALL_MODEL_BYTES = 50 * 1024 * 1024
 
@@ -31,16 +31,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     patients = {f"patient{k}": cases[2 * k: 2 * k + 2] for k in range(len(cases) // 2)}
     splits_file.write_text(json.dumps(patient_grouped_splits(patients, n_folds=2)))
 
-    smoke = configurations.SMALL.replace(num_epochs=2, iterations_per_epoch=3, val_iterations_per_epoch=1,
-                                         base_features=4, max_features=16)
-    mp = pytest.MonkeyPatch()
-    mp.setitem(configurations.CONFIGURATIONS, "small", smoke)
-    try:
+    with smoke_small_configuration():
         status = main(["train", "--dataset", str(dataset), "--config", "small", "--folds", "0", "1",
                        "--device", "cpu", "--workspace", str(root / "ws"), "--splits", str(splits_file),
                        "--output", str(root / "model"), "--model-version", "0.0.1", "--num-processes", "1"])
-    finally:
-        mp.undo()
     return {"status": status, "root": root, "model": root / "model", "splits": splits_file}
 
 
