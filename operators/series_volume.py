@@ -41,6 +41,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
+from operators.dicom_header import plain_decimal_strings, plain_uid, plain_unsigned_short
 from operators.dicom_scan import InstanceInfo, SeriesInfo, StudyIndex, scan_dicom_folder
 from operators.errors import InputError, PixelDataError, SeriesGeometryError
 from operators.series_selection import SelectionRules, select_series
@@ -301,8 +302,10 @@ def load_series_volume(
     extras: dict[int, tuple[int, np.ndarray]] = {}
     workers = max_workers or min(8, os.cpu_count() or 1)
 
-    def decode_slot(i: int) -> None:
-        _decode_into(plan.slots[i].instance, stack[i])
+    def decode_slots(first: int, stop: int) -> None:
+        # In slot order, to the first failure: the failure of the lowest slot is the one reported.
+        for i in range(first, stop):
+            _decode_into(plan.slots[i].instance, stack[i])
 
     def decode_extra(j: int) -> None:
         slot_index, instance = extra_jobs[j]
@@ -311,8 +314,12 @@ def load_series_volume(
         extras[j] = (slot_index, buffer)
 
     start = time.perf_counter()
+    # Runs of consecutive slices, a few per thread: one task per slice costs about as much in hand-over
+    # between threads as reading a small slice does; several runs per thread keep the threads evenly busy.
+    n_runs = min(n_src, workers * _RUNS_PER_WORKER)
+    bounds = [n_src * k // n_runs for k in range(n_runs + 1)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dicom-decode") as pool:
-        futures = [pool.submit(decode_slot, i) for i in range(n_src)]
+        futures = [pool.submit(decode_slots, first, stop) for first, stop in zip(bounds[:-1], bounds[1:])]
         futures += [pool.submit(decode_extra, j) for j in range(len(extra_jobs))]
         try:
             for future in futures:
@@ -725,8 +732,8 @@ def _check_declared_size(instance: InstanceInfo, name: str, policy: GeometryPoli
     if instance.transfer_syntax_uid not in _NATIVE_SYNTAXES:
         return  # compressed: the size of the data says nothing about the image's
     header = instance.header
-    bits = _float_or_none(_header_value(header, "BitsAllocated"))
-    samples = _float_or_none(_header_value(header, "SamplesPerPixel"))
+    bits = _float_or_none(_plain_or_value(plain_unsigned_short, header, _BITS_ALLOCATED, "BitsAllocated"))
+    samples = _float_or_none(_plain_or_value(plain_unsigned_short, header, _SAMPLES_PER_PIXEL, "SamplesPerPixel"))
     if bits is None or bits < 1 or (samples is not None and samples < 1):
         return  # left to the decoder, which names the file
     expected = math.ceil(rows * columns * int(samples or 1) * int(bits) / 8)
@@ -746,6 +753,43 @@ def _header_value(header: Dataset, keyword: str) -> Any:
         return header.get(keyword)
     except Exception:  # noqa: BLE001 - a malformed value is left to the decoder
         return None
+
+
+# Attributes read for every slice. Plain values come from the element's bytes
+# (operators.dicom_header): the same values as pydicom's conversion, without its cost per slice.
+_SAMPLES_PER_PIXEL = 0x00280002
+_BITS_ALLOCATED = 0x00280100
+_BITS_STORED = 0x00280101
+_HIGH_BIT = 0x00280102
+_PIXEL_REPRESENTATION = 0x00280103
+_RESCALE_INTERCEPT = 0x00281052
+_RESCALE_SLOPE = 0x00281053
+_MODALITY_LUT_SEQUENCE = 0x00283000
+_SOP_CLASS_UID = 0x00080016
+_SOP_INSTANCE_UID = 0x00080018
+
+
+def _plain_or_value(plain: Any, header: Dataset, tag: int, keyword: str) -> Any:
+    """The attribute from ``plain(header, tag)`` where it answers, else ``_header_value``."""
+    value = plain(header, tag)
+    return value if value is not None else _header_value(header, keyword)
+
+
+def _unsigned_short(header: Dataset, tag: int, keyword: str, *default: Any) -> Any:
+    """``header.get(keyword, *default)`` of a US attribute (raising as it does), from its bytes where plain."""
+    value = plain_unsigned_short(header, tag)
+    return value if value is not None else header.get(keyword, *default)
+
+
+def _decimal(header: Dataset, tag: int, keyword: str) -> Any:
+    """``header.get(keyword)`` of a DS attribute (raising as it does), from its bytes where plain.
+
+    A plain multi-valued element gives a tuple where pydicom gives a MultiValue: neither is a number.
+    """
+    values = plain_decimal_strings(header, tag)
+    if values is None:
+        return header.get(keyword)
+    return values[0] if len(values) == 1 else values
 
 
 def _format_position(instance: InstanceInfo) -> str:
@@ -805,6 +849,9 @@ def _float_or_none(value: Any) -> float | None:
 
 # --------------------------------------------------------------------------------------------------
 # Pixel decoding
+
+# Tasks per decoding thread (runs of consecutive slices).
+_RUNS_PER_WORKER = 8
 
 
 def _check_decoders(plan: _Plan) -> None:
@@ -868,45 +915,65 @@ def _read_native_slice(instance: InstanceInfo) -> np.ndarray | None:
         return None
     header = instance.header
     try:
-        bits_allocated = int(header.get("BitsAllocated"))
-        bits_stored = int(header.get("BitsStored"))
-        high_bit = int(header.get("HighBit"))
-        signed = int(header.get("PixelRepresentation"))
-        samples = int(header.get("SamplesPerPixel", 1) or 1)
+        bits_allocated = int(_unsigned_short(header, _BITS_ALLOCATED, "BitsAllocated"))
+        bits_stored = int(_unsigned_short(header, _BITS_STORED, "BitsStored"))
+        high_bit = int(_unsigned_short(header, _HIGH_BIT, "HighBit"))
+        signed = int(_unsigned_short(header, _PIXEL_REPRESENTATION, "PixelRepresentation"))
+        samples = int(_unsigned_short(header, _SAMPLES_PER_PIXEL, "SamplesPerPixel", 1) or 1)
     except (TypeError, ValueError):
         return None
     if (bits_allocated != 16 or not 1 <= bits_stored <= 16 or high_bit != bits_stored - 1
-            or signed not in (0, 1) or samples != 1 or "ModalityLUTSequence" in header):
+            or signed not in (0, 1) or samples != 1 or _MODALITY_LUT_SEQUENCE in header):
         return None
     expected = rows * columns * 2
     element_header = 12 if explicit else 8
-    with open(instance.path, "rb") as fh:
+    head = bytearray(element_header)
+    # Read straight into the array (no intermediate bytes object; unbuffered, so no copy through a
+    # buffer either).
+    stored = np.empty((rows, columns), dtype="<i2" if signed else "<u2")
+    with open(instance.path, "rb", buffering=0) as fh:
         fh.seek(offset)
-        head = fh.read(element_header)
-        if len(head) != element_header or head[:4] != _PIXEL_DATA_TAG:
+        if _read_fully(fh, memoryview(head)) != element_header or head[:4] != _PIXEL_DATA_TAG:
             return None
         if explicit and head[4:6] not in (b"OW", b"OB"):
             return None
         if int.from_bytes(head[-4:], "little") != expected:
             return None  # undefined length (encapsulated data under a native syntax) or another size
-        data = fh.read(expected)
-    if len(data) != expected:
-        return None
-    stored = np.frombuffer(data, dtype="<i2" if signed else "<u2").reshape(rows, columns)
+        if _read_fully(fh, memoryview(stored).cast("B")) != expected:
+            return None
     if bits_stored < 16:
+        # In place: the array is this function's own.
         if signed:
             shift = 16 - bits_stored
-            stored = (stored << shift) >> shift  # sign extension from the BitsStored-th bit
+            # Sign extension from the BitsStored-th bit.
+            np.left_shift(stored, shift, out=stored)
+            np.right_shift(stored, shift, out=stored)
         else:
-            stored = stored & np.uint16((1 << bits_stored) - 1)
+            np.bitwise_and(stored, np.uint16((1 << bits_stored) - 1), out=stored)
     return stored
+
+
+def _read_fully(fh: Any, view: memoryview) -> int:
+    """Fill ``view`` from an unbuffered file; the number of bytes read (fewer only at the file's end)."""
+    filled = 0
+    while filled < len(view):
+        n = fh.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
 
 
 def _rescale_into(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray, path: Path) -> None:
     """``out[...] = stored * slope + intercept`` in float32 (no float64 temporaries of the slice)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
-        out += np.float32(intercept)
+        if slope == 1.0 and stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
+            # One pass instead of two, same values: integers of up to 16 bits are exact in float32, so
+            # stored * 1 + intercept in float32 rounds once, as this single float32 addition does.
+            np.add(stored, np.float32(intercept), out=out, dtype=np.float32, casting="unsafe")
+        else:
+            np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
+            out += np.float32(intercept)
     # Stored values are at most 32 bits: below this bound the float32 result cannot overflow.
     if abs(slope) * 2.0**32 + abs(intercept) > 1e38 and not np.isfinite(out).all():
         raise PixelDataError(
@@ -916,8 +983,8 @@ def _rescale_into(stored: np.ndarray, slope: float, intercept: float, out: np.nd
 
 def _rescale_of(header: Dataset) -> tuple[float, float]:
     """(RescaleSlope, RescaleIntercept) of a header; 1 and 0 where absent or unreadable."""
-    slope = _float_or_none(header.get("RescaleSlope"))
-    intercept = _float_or_none(header.get("RescaleIntercept"))
+    slope = _float_or_none(_decimal(header, _RESCALE_SLOPE, "RescaleSlope"))
+    intercept = _float_or_none(_decimal(header, _RESCALE_INTERCEPT, "RescaleIntercept"))
     return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
 
 
@@ -970,8 +1037,10 @@ def _decode_file(instance: InstanceInfo, out: np.ndarray) -> None:
 def _source_header(instance: InstanceInfo) -> Dataset:
     """Header of a source slice for the SEG writer, with empty SOP UIDs taken from the file meta."""
     header = instance.header
-    needs_uid = not str(_header_value(header, "SOPInstanceUID") or "") and instance.sop_instance_uid
-    needs_class = not str(_header_value(header, "SOPClassUID") or "") and instance.sop_class_uid
+    needs_uid = (not (plain_uid(header, _SOP_INSTANCE_UID) or str(_header_value(header, "SOPInstanceUID") or ""))
+                 and instance.sop_instance_uid)
+    needs_class = (not (plain_uid(header, _SOP_CLASS_UID) or str(_header_value(header, "SOPClassUID") or ""))
+                   and instance.sop_class_uid)
     if not (needs_uid or needs_class):
         return header
     # A copy, so that the scan's index keeps what the file holds.

@@ -372,15 +372,17 @@ def test_transfer_syntax_without_decoder_fails_before_decoding(tmp_path: Path) -
 
 @pytest.mark.parametrize("syntax", [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])
 @pytest.mark.parametrize("representation,bits_stored", [(1, 16), (1, 12), (0, 16), (0, 12)])
-def test_direct_read_of_plain_files_gives_pydicoms_values(tmp_path, syntax, representation, bits_stored):
+@pytest.mark.parametrize("slope", [0.5, 1.0])
+def test_direct_read_of_plain_files_gives_pydicoms_values(tmp_path, syntax, representation, bits_stored, slope):
     # Uncompressed 16-bit slices are read straight from the file at the offset the scan found; the
     # values must be pydicom's, unused high bits included (masked when unsigned, sign-extended when
-    # signed), and the volume the one decoding each file with pydicom gives.
+    # signed), and the volume the one decoding each file with pydicom gives (with slope 1 the rescale
+    # is one addition instead of a multiplication and an addition).
     from operators.series_volume import _read_native_slice
 
     folder = tmp_path / "ct"
     write_ct_series(folder, n_slices=4, rows=6, columns=7, transfer_syntax=syntax,
-                    pixel_representation=representation, rescale_slope=0.5)
+                    pixel_representation=representation, rescale_slope=slope)
     rng = np.random.default_rng(bits_stored + 10 * representation)
     for path in sorted(folder.iterdir()):
         ds = pydicom.dcmread(path)
@@ -418,3 +420,24 @@ def test_direct_read_leaves_other_files_to_pydicom(tmp_path):
         series = next(iter(next(iter(index.studies.values())).series.values()))
         assert all(_read_native_slice(i) is None for i in series.instances), name
         assert load_series_volume(series).volume.spatial_shape == (3, 6, 7)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32])
+@pytest.mark.parametrize("slope,intercept", [(1.0, 0.0), (1.0, -1024.0), (1.0, -1024.5), (1.0, 0.1),
+                                             (1.0, -3.3e7), (0.5, -1024.0), (2.5, 0.3)])
+def test_rescale_gives_the_float32_multiply_then_add(dtype, slope, intercept):
+    # The rescale of every stored value equals stored * slope + intercept computed in two float32
+    # steps, whichever way it is done (one addition where the slope is 1 and the values fit in float32).
+    from operators.series_volume import _rescale_into
+
+    info = np.iinfo(dtype)
+    if info.bits <= 16:
+        stored = np.arange(info.min, info.max + 1).astype(dtype)
+    else:
+        stored = np.random.default_rng(3).integers(info.min, info.max, size=100000, dtype=dtype, endpoint=True)
+    expected = np.empty(stored.shape, dtype=np.float32)
+    np.multiply(stored, np.float32(slope), out=expected, casting="unsafe")
+    expected += np.float32(intercept)
+    out = np.empty(stored.shape, dtype=np.float32)
+    _rescale_into(stored, slope, intercept, out, Path("x.dcm"))
+    np.testing.assert_array_equal(out, expected)
