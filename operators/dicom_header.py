@@ -28,7 +28,9 @@ scan reads about fifteen values per file and the decoder a few per slice.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -135,17 +137,38 @@ class _Buffer:
         self._fh = fh
         fh.seek(0)
         self.data = fh.read(FIRST_READ_BYTES)
-        self.at_end = len(self.data) < FIRST_READ_BYTES
+        # The file's size, asked only when the first read does not hold the header.
+        self._size: int | None = len(self.data) if len(self.data) < FIRST_READ_BYTES else None
+
+    def file_size(self) -> int:
+        """The file's size in bytes."""
+        if self._size is None:
+            self._size = os.fstat(self._fh.fileno()).st_size
+        return self._size
 
     def extend_to(self, end: int) -> bool:
-        """Make ``data`` hold the file's bytes up to ``end``; False where the file is shorter."""
-        while len(self.data) < end and not self.at_end:
+        """Make ``data`` hold the file's bytes up to ``end``; False (reading nothing) where the file is shorter.
+
+        A damaged or hostile header may declare gigabytes: nothing is read towards a length the file
+        does not have (pydicom reads such a file and says what is wrong).
+        """
+        if end <= len(self.data):
+            return True
+        if end > self.file_size():
+            return False
+        while len(self.data) < end:
             # The file position is always the end of ``data``; double the buffer, at least to ``end``.
-            want = max(end - len(self.data), len(self.data))
+            want = min(max(end - len(self.data), len(self.data)), self.file_size() - len(self.data))
             chunk = self._fh.read(want)
-            self.at_end = len(chunk) < want
+            if not chunk:
+                return False  # the file shrank while being read
             self.data += chunk
-        return len(self.data) >= end
+        return True
+
+    def extend_towards(self, end: int) -> None:
+        """Make ``data`` hold the file's bytes up to ``end``, or up to the file's end where it is shorter."""
+        if end > len(self.data):
+            self.extend_to(min(end, self.file_size()))
 
 
 def read_header(fh: BinaryIO) -> HeaderRead | None:
@@ -170,8 +193,9 @@ def read_header(fh: BinaryIO) -> HeaderRead | None:
         return _read(fh)
     except _NotPlain:
         return None
-    except (OSError, struct.error):
-        # An unreadable or odd file: pydicom's reading of it says what is wrong, in its own words.
+    except (OSError, struct.error, io.UnsupportedOperation, AttributeError):
+        # An unreadable or odd file (or a file object without a descriptor): pydicom's reading of it
+        # says what is wrong, in its own words.
         return None
 
 
@@ -294,10 +318,10 @@ def _read_dataset(
         if position + 12 > size:
             # Near the end of the buffer: read on (a header longer than the first read) or stop at
             # the end of the file.
-            buffer.extend_to(position + 12)
+            buffer.extend_towards(position + 12)
             data = buffer.data
             size = len(data)
-            if position == size:
+            if position == size == buffer.file_size():
                 return elements, position  # no pixel data: the header ends with the file
             if position + 8 > size:
                 raise _NotPlain  # a few stray bytes at the end: pydicom's own way
@@ -325,7 +349,7 @@ def _read_dataset(
         if length == _UNDEFINED_LENGTH:
             element_read, position = _read_undefined_length(buffer, fh, position, implicit, encoding)
             elements[element_read.tag] = element_read
-            buffer.extend_to(position + 12)
+            buffer.extend_towards(position + 12)
             data = buffer.data
             size = len(data)
             continue

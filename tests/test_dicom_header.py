@@ -389,7 +389,27 @@ def _crafted(tmp_path: Path) -> Iterator[tuple[str, Path, bool]]:
         + _implicit(0x00080100, b"12") + _implicit(0xFFFEE00D, b"") + _implicit(0xFFFEE0DD, b"")
         + _implicit(0x7FE00010, bytes(8)), meta=implicit_meta), True
 
+    # Headers longer than the first read, made of many small elements, so that the read goes on in
+    # the middle of an element's header or value; with and without pixel data after them.
+    private = _explicit(0x00090010, b"LO", b"FEMUR TEST") + b"".join(
+        _explicit(0x00091000 + k, b"LO", b"v" * (k % 7 + 1)) for k in range(0x10, 0xFF))
+    # Repeated tags (the last value counts, as in pydicom), odd lengths, 2 KiB a block.
+    repeated = b"".join(_explicit(0x00110010 + k, b"LO", b"w" * (k % 13 + 2)) for k in range(0x30))
+    long_header = base + private + repeated * 40
+    assert len(long_header) > 2 * dicom_header.FIRST_READ_BYTES
+    yield "long header", _file(tmp_path, "long", long_header + _pixels()), True
+    yield "long header, no pixel data", _file(tmp_path, "long_no_pixels", long_header), True
+    for shift in range(13):
+        # The first read ends at each byte of a 12-byte element header, and right before it.
+        filler = dicom_header.FIRST_READ_BYTES - 132 - len(_meta()) - len(base) - 8 - shift
+        yield f"first read ends {shift} bytes into an element", _file(
+            tmp_path, f"boundary_{shift}", base + _explicit(0x00091001, b"UT", b"u" * (filler - 4)) + _pixels()
+            + b"\0" * 100, ), True
+
     # Left to pydicom.
+    yield "declared length beyond a large file", _file(
+        tmp_path, "huge_length", long_header + struct.pack("<HH2sHL", 0x0019, 0x1001, b"UT", 0, 0xFFFFFFF0)
+        + b"\0" * 1000), False
     yield "no preamble", _file(tmp_path, "no_preamble", base + _pixels(), preamble=False), False
     yield "no transfer syntax", _file(tmp_path, "no_syntax", base + _pixels(), meta=_meta(None)), False
     yield "no file meta", _file(tmp_path, "no_meta", base + _pixels(), meta=b""), False
@@ -506,3 +526,14 @@ def test_plain_values_decline_other_vrs_and_converted_elements() -> None:
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     assert plain_uid(meta, 0x00020010) is None
+
+
+def test_the_vr_tables_are_pydicoms() -> None:
+    # Element boundaries depend on which VRs have a 4-byte length: the reader's tables must be the ones
+    # pydicom's generator uses (checked again whenever pydicom is upgraded).
+    from pydicom.filereader import ENCODED_VR
+    from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+    assert set(dicom_header._VR_NAMES) == {vr for vr in ENCODED_VR if len(vr) == 2}
+    assert {vr.decode() for vr in dicom_header._LONG_VRS} == {str(vr) for vr in EXPLICIT_VR_LENGTH_32}
+    assert dicom_header._DIRECT_RAW
