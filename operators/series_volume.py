@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import mmap
 import os
 import time
 from collections import Counter
@@ -297,7 +298,7 @@ def load_series_volume(
     rows, columns = plan.slots[0].instance.rows, plan.slots[0].instance.columns
     assert rows is not None and columns is not None  # checked by the plan
     n_src = len(plan.slots)
-    stack = np.empty((n_src, rows, columns), dtype=np.float32)
+    stack = _new_volume_array((n_src, rows, columns))
     extra_jobs = [(i, dup) for i, slot in enumerate(plan.slots) for dup in slot.to_compare]
     extras: dict[int, tuple[int, np.ndarray]] = {}
     workers = max_workers or min(8, os.cpu_count() or 1)
@@ -852,6 +853,28 @@ def _float_or_none(value: Any) -> float | None:
 
 # Tasks per decoding thread (runs of consecutive slices).
 _RUNS_PER_WORKER = 8
+
+
+# Arrays at least this large are mapped without the huge page request (see _new_volume_array).
+_MIN_MAPPED_BYTES = 64 * 2**20
+
+
+def _new_volume_array(shape: tuple[int, int, int]) -> np.ndarray:
+    """An uninitialised float32 array (slices, rows, columns) for a decoded series.
+
+    numpy asks the kernel for transparent huge pages for large arrays. Where the machine's memory is
+    fragmented (a shared machine, a long-running host), the kernel then compacts memory while it maps
+    the pages in as the slices are written: decoding the 601-slice standard series took 0.5 to 1.7 s
+    instead of 0.3 s, at random. Plain anonymous memory, mapped in 4 KiB pages, costs a steady ~0.1 s
+    of CPU time more for that series and never stalls. The array behaves as any other (it keeps its
+    mapping alive and frees it with itself); it only does not own its data (``flags.owndata``).
+    """
+    n_bytes = int(np.prod(shape)) * 4
+    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+    if n_bytes < _MIN_MAPPED_BYTES or None in flags:
+        return np.empty(shape, dtype=np.float32)
+    mapping = mmap.mmap(-1, n_bytes, flags=flags[0] | flags[1])  # type: ignore[operator]
+    return np.frombuffer(mapping, dtype=np.float32).reshape(shape)
 
 
 def _check_decoders(plan: _Plan) -> None:

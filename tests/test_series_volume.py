@@ -441,3 +441,29 @@ def test_rescale_gives_the_float32_multiply_then_add(dtype, slope, intercept):
     out = np.empty(stored.shape, dtype=np.float32)
     _rescale_into(stored, slope, intercept, out, Path("x.dcm"))
     np.testing.assert_array_equal(out, expected)
+
+
+def test_a_large_volume_is_plain_mapped_memory_and_behaves_as_any_array(tmp_path, monkeypatch):
+    # Large volumes live in anonymous memory mapped without the huge page request (no stalls where
+    # the host's memory is fragmented); the result must be the same volume, usable as any array.
+    import pickle
+
+    import operators.series_volume as series_volume
+
+    write_ct_series(tmp_path / "ct", n_slices=5, rows=8, columns=9)
+    series = _series(tmp_path / "ct")
+    reference = load_series_volume(series)
+    assert reference.volume.array.flags.owndata
+    monkeypatch.setattr(series_volume, "_MIN_MAPPED_BYTES", 1)
+    mapped = load_series_volume(series)
+    array = mapped.volume.array
+    assert not array.flags.owndata and array.flags.writeable and array.flags.c_contiguous
+    assert array.dtype == np.float32 and array.shape == (5, 8, 9)
+    np.testing.assert_array_equal(array, reference.volume.array)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(array)), array)
+    np.testing.assert_array_equal(mapped.volume.affine, reference.volume.affine)
+
+    big = series_volume._new_volume_array((64, 512, 512))
+    assert not big.flags.owndata and big.flags.writeable
+    big[-1, -1, -1] = 7.0
+    assert float(big[-1, -1, -1]) == 7.0 and big.nbytes == 64 * 2**20
