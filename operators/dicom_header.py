@@ -20,10 +20,11 @@ pydicom's debugging mode) is not read here: :func:`read_header` returns None and
 file with pydicom, so that every unusual file keeps pydicom's behaviour, warnings and errors.
 
 The ``plain_*`` functions give a few values straight from an element's unconverted bytes where the
-encoding is unambiguous (a UID without backslash, one unsigned short, integer and decimal strings of
-the form the standard allows), and None in every other case, in which the caller asks pydicom. Where
-they answer, the value equals what pydicom's conversion would give, at a fraction of its cost; the
-scan reads about fifteen values per file and the decoder a few per slice.
+encoding is unambiguous (one valid UID, one unsigned short, integer and decimal strings of the form
+the standard allows), and None in every other case, in which the caller asks pydicom. Where they
+answer, the value equals what pydicom's conversion would give, and pydicom would not have warned
+about it, at a fraction of its cost; the scan reads about fifteen values per file and the decoder a
+few per slice.
 """
 
 from __future__ import annotations
