@@ -102,6 +102,7 @@ _ITEM_GROUP = 0xFFFE
 _SPECIFIC_CHARACTER_SET = 0x00080005
 # Where pydicom's stop_before_pixels stops: Float Pixel Data, Double Float Pixel Data, Pixel Data.
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_FIRST_PIXEL_TAG = min(_PIXEL_TAGS)
 
 _IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -343,10 +344,11 @@ def _read_dataset(
             else:
                 value_position = position + 8
         tag = group << 16 | element
-        if group == _ITEM_GROUP:
-            raise _NotPlain  # an item or delimiter outside a sequence: pydicom stops or misreads
-        if tag in pixel_tags:
-            return elements, position
+        if tag >= _FIRST_PIXEL_TAG:  # one comparison for most elements: both cases lie above
+            if group == _ITEM_GROUP:
+                raise _NotPlain  # an item or delimiter outside a sequence: pydicom stops or misreads
+            if tag in pixel_tags:
+                return elements, position
         if length == _UNDEFINED_LENGTH:
             element_read, position = _read_undefined_length(buffer, fh, position, implicit, encoding)
             elements[element_read.tag] = element_read
@@ -431,12 +433,19 @@ _DECIMAL_STRING = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9
 _MAX_DECIMAL_STRING_LENGTH = 16
 
 
+# pydicom's default character set, "iso8859", is Python's latin-1 codec; spelled "latin-1", decoding
+# takes Python's fast path instead of a codec lookup per call.
+_DEFAULT_CODEC = "latin-1"
+
+
 def _plain_bytes(dataset: Dataset, tag: int, vr: str) -> bytes | None:
     """The unconverted, non-empty little-endian value of ``tag`` where its VR is ``vr``, else None.
 
     ``vr`` must be the tag's VR in the DICOM dictionary: in implicit VR files pydicom converts with it.
     """
-    element = dataset.get_item(tag, keep_deferred=True)
+    # What Dataset.get_item(tag, keep_deferred=True) returns, without its conversion of the tag (this
+    # runs some twenty times per file).
+    element = dataset._dict.get(tag)
     if type(element) is not RawDataElement or not element.is_little_endian:
         return None
     if element.VR is not None and element.VR != vr:
@@ -465,7 +474,7 @@ def plain_uid(dataset: Dataset, tag: int) -> str | None:
     if value is None:
         return None
     # pydicom: decoded with the default character set, trailing NULs and spaces removed.
-    text = value.decode(default_encoding).rstrip("\0 ")
+    text = value.decode(_DEFAULT_CODEC).rstrip("\0 ")
     if text and (len(text) > _MAX_UID_LENGTH or not _UID.fullmatch(text)):
         return None
     return text
@@ -486,7 +495,7 @@ def plain_integer_string(dataset: Dataset, tag: int) -> int | None:
     value = _plain_bytes(dataset, tag, "IS")
     if value is None:
         return None
-    text = value.decode(default_encoding).rstrip(" \0")
+    text = value.decode(_DEFAULT_CODEC).rstrip(" \0")
     if not _INTEGER_STRING.fullmatch(text):
         return None
     number = int(text)
@@ -509,7 +518,7 @@ def plain_decimal_strings(dataset: Dataset, tag: int) -> tuple[float, ...] | Non
     value = _plain_bytes(dataset, tag, "DS")
     if value is None:
         return None
-    parts = value.decode(default_encoding).rstrip(" \0").split("\\")
+    parts = value.decode(_DEFAULT_CODEC).rstrip(" \0").split("\\")
     match = _DECIMAL_STRING.fullmatch
     for part in parts:
         if len(part) > _MAX_DECIMAL_STRING_LENGTH or not match(part):
