@@ -4,11 +4,25 @@ Marrow, cancellous bone and a lesion inside intact cortex are recovered by filli
 axial cross-section. Where a lesion has destroyed part of the cortex the cross-section is an open
 crescent, and filling recovers nothing: the lesion (20-80 HU, like the muscle around it) would be
 left outside the femur although it replaced bone. In the shaft and the trochanteric region the bone's
-outline changes slowly along its length, so such a *breached* cross-section is rebuilt from the
-intact cross-sections above and below it: their signed distance maps, moved to the interpolated
-centre, are blended linearly (shape-based interpolation) and the blend is grown or shrunk so that its
-outline passes through the cortex that is left. In the diaphysis, whose cross-section is convex, the
-convex hull of the crescent is added as well.
+outline changes slowly along its length, so a run of such *breached* cross-sections is rebuilt slice
+by slice from the intact cross-section at each end of the run, in polar form:
+
+* seen from the centre of the neighbouring outline (intact, or rebuilt one slice before), each
+  direction of the breached cross-section is *intact* when its outermost pixel lies on the
+  cross-section's convex hull (no crescent opening) or, given the CT, has cortex just inside it (a
+  normal notch of the bone is lined with cortex, the edge a lesion leaves is not), and is not more
+  than a few mm inside the neighbour's outline (no bite whose remnant is convex, cut off by a flat
+  chord);
+* intact directions keep the cortex' own radius; the others take the neighbour's radius plus the
+  offset between the two outlines interpolated from the intact directions on either side, so that
+  the rebuilt outline joins the cortex that is left without a step;
+* the sweeps from both ends are blended through their signed distance maps in proportion to the
+  distance from each end (shape-based interpolation). A run with an intact end on one side only is
+  carried from that side.
+
+Fitting every slice to the cortex that is left keeps the carried outline from drifting, and no pixel
+is added beyond intact cortex. In the diaphysis, whose cross-section is convex, the convex hull of the
+crescent is added as well.
 
 Arrays are canonical views: axis 0 runs along the body axis (towards the head), axes 1 and 2 span the
 axial plane; spacing in mm.
@@ -17,11 +31,15 @@ axial plane; spacing in mm.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
 
 logger = logging.getLogger(__name__)
+
+#: Each opening of a breached outline is widened by this angle on either side (degrees).
+_OPENING_MARGIN_DEG = 4.0
 
 
 def _signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
@@ -51,46 +69,110 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
     return np.array(ndi.center_of_mass(mask), dtype=np.float64)
 
 
-def _within_intact_outline(
-    mask: np.ndarray,
-    hull: np.ndarray | None,
-    spacing: tuple[float, float],
-    rebuilt: np.ndarray | None = None,
-    n_angles: int = 180,
-) -> np.ndarray:
-    """Pixels not beyond the cross-section's own outline where that outline is intact.
+class _PolarGrid:
+    """Polar coordinates of the pixels of a cross-section around a centre: radius (mm) and angle bin."""
 
-    Seen from the cross-section's centre, the outline is intact in a direction when the mask's
-    outermost pixel there lies on the convex hull (no crescent opening) and, given the rebuilt
-    outline's signed distance ``rebuilt`` (mm, negative inside), on that outline too (no bite whose
-    remnant is convex, cut off by a flat chord). Nothing beyond an intact outline may be added; in
-    the other directions the mask stops short of the true outline and any radius is allowed.
+    def __init__(self, shape: tuple[int, int], spacing: tuple[float, float], n_angles: int) -> None:
+        self._yy, self._xx = np.indices(shape)
+        self._spacing = spacing
+        self.n_angles = n_angles
+
+    def around(self, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dy = (self._yy - centre[0]) * self._spacing[0]
+        dx = (self._xx - centre[1]) * self._spacing[1]
+        bins = ((np.arctan2(dx, dy) + np.pi) / (2 * np.pi) * self.n_angles).astype(np.int64) % self.n_angles
+        return np.hypot(dy, dx), bins
+
+    def outer_radius(self, mask: np.ndarray, r: np.ndarray, bins: np.ndarray) -> np.ndarray:
+        """Radius (mm) of the outermost pixel of ``mask`` in each direction; 0 where it has none."""
+        out = np.zeros(self.n_angles)
+        np.maximum.at(out, bins[mask], r[mask])
+        return out
+
+
+def _circular_opening(flags: np.ndarray, width: int) -> np.ndarray:
+    """Binary opening of a circular 1D array: runs shorter than ``width`` go."""
+    pad = width
+    wrapped = np.r_[flags[-pad:], flags, flags[:pad]]
+    return ndi.binary_opening(wrapped, structure=np.ones(width, dtype=bool))[pad:-pad]
+
+
+def _circular_dilation(flags: np.ndarray, bins: int) -> np.ndarray:
+    """Widen the runs of a circular 1D array by ``bins`` on each side."""
+    wrapped = np.r_[flags[-bins:], flags, flags[:bins]]
+    return ndi.binary_dilation(wrapped, structure=np.ones(2 * bins + 1, dtype=bool))[bins:-bins]
+
+
+def _rebuild_from_neighbour(
+    neighbour: np.ndarray,
+    cross_section: np.ndarray,
+    hull: np.ndarray | None,
+    grid: _PolarGrid,
+    *,
+    tolerance_mm: float,
+    max_shrink_mm: float | None,
+    image: np.ndarray | None = None,
+    cortex_hu: float = 400.0,
+    cortex_depth_mm: float = 2.5,
+) -> np.ndarray:
+    """Rebuild one breached cross-section from its neighbour's (intact or rebuilt) outline.
+
+    Parameters
+    ----------
+    neighbour:
+        bool (P, L) outline of the adjacent cross-section, filled.
+    cross_section:
+        bool (P, L) what is left of this cross-section (cortex, maybe cancellous bone).
+    hull:
+        Convex hull of ``cross_section`` (None: not computed; every direction counts as on the hull).
+    max_shrink_mm:
+        A direction whose outermost pixel lies more than this inside the neighbour's outline is
+        breached (None: no such test).
+    image:
+        float (P, L) CT of the cross-section in HU, or None.
+    cortex_hu, cortex_depth_mm:
+        With ``image``, a direction with a pixel of at least ``cortex_hu`` within ``cortex_depth_mm``
+        inside its outermost pixel is lined with cortex and counts as on the hull.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool (P, L): ``cross_section`` plus the rebuilt outline's inside.
     """
-    if not mask.any() or (hull is None and rebuilt is None):
-        return np.ones(mask.shape, dtype=bool)
-    cy, cx = _centroid(mask)
-    yy, xx = np.indices(mask.shape)
-    dy, dx = (yy - cy) * spacing[0], (xx - cx) * spacing[1]
-    r = np.hypot(dy, dx)
-    bins = ((np.arctan2(dx, dy) + np.pi) / (2 * np.pi) * n_angles).astype(np.int64) % n_angles
-    tolerance = 1.5 * max(spacing)
-    r_mask = np.zeros(n_angles)
-    np.maximum.at(r_mask, bins[mask], r[mask])
-    intact = r_mask > 0
-    if hull is not None:
-        r_hull = np.zeros(n_angles)
-        np.maximum.at(r_hull, bins[hull], r[hull])
-        intact &= (r_hull - r_mask) <= tolerance
-    if rebuilt is not None:
-        # The outermost pixel of each direction and the rebuilt outline's distance there.
-        b, rr = bins[mask], r[mask]
-        order = np.lexsort((rr, b))
-        last = np.r_[b[order][1:] != b[order][:-1], True]
-        depth = np.full(n_angles, -np.inf)
-        depth[b[order][last]] = rebuilt[mask][order][last]
-        intact &= depth >= -tolerance
-    limit = np.where(intact, r_mask + 0.5 * max(spacing), np.inf)
-    return r <= limit[bins]
+    r, bins = grid.around(_centroid(neighbour))
+    r_neighbour = grid.outer_radius(neighbour, r, bins)
+    if not cross_section.any():
+        return neighbour.copy()
+    r_left = grid.outer_radius(cross_section, r, bins)
+    r_hull = grid.outer_radius(hull, r, bins) if hull is not None else r_left
+    on_hull = r_hull - r_left <= tolerance_mm
+    if image is not None:
+        # A concave stretch of outline is intact when cortex lines it (the notch of a normal bone);
+        # the edge a lesion leaves is cancellous bone or lesion, not cortex.
+        near_edge = cross_section & (r >= r_left[bins] - cortex_depth_mm)
+        peak = np.full(grid.n_angles, -np.inf)
+        np.maximum.at(peak, bins[near_edge], image[near_edge])
+        on_hull |= peak >= cortex_hu
+    intact = (r_left > 0) & (r_neighbour > 0) & on_hull
+    if max_shrink_mm is not None:
+        intact &= r_left >= r_neighbour - max_shrink_mm
+    # A direction or two judged intact inside an opening is noise (a spur of cortex at an angle).
+    intact = _circular_opening(intact, 3)
+    # Where the opening meets the cortex that is left, the remnant bends inward (the end of a flat
+    # cut, the lip of a crescent) without being judged breached: taking the offset there would pull
+    # the rebuilt outline in, and the pull would grow slice by slice. Widen each opening a little.
+    intact = ~_circular_dilation(~intact, max(1, round(_OPENING_MARGIN_DEG / 360.0 * grid.n_angles)))
+    if intact.sum() < 0.15 * grid.n_angles:
+        # Almost nothing left to fit to: carry the neighbour's outline over as it is.
+        radius = r_neighbour
+    else:
+        known = np.flatnonzero(intact)
+        offset = (r_left - r_neighbour)[known]
+        n = grid.n_angles
+        # Linear interpolation of the offset around the circle, across each opening.
+        between = np.interp(np.arange(n), np.r_[known - n, known, known + n], np.r_[offset, offset, offset])
+        radius = np.where(intact, r_left, np.maximum(r_neighbour + between, 0.0))
+    return cross_section | (r <= radius[bins] + tolerance_mm / 3.0)
 
 
 def repair_cortical_breaches(
@@ -100,11 +182,13 @@ def repair_cortical_breaches(
     z_range: tuple[int, int],
     convex_range: tuple[int, int],
     blocked: np.ndarray | None = None,
-    hull_ratio: float = 1.3,
+    image: np.ndarray | None = None,
+    hull_ratio: float = 1.2,
     area_drop: float = 0.8,
     max_bridge_mm: float = 100.0,
-    one_sided_mm: float = 25.0,
-    max_offset_mm: float = 4.0,
+    one_sided_mm: float = 60.0,
+    max_shrink_mm: float = 3.0,
+    n_angles: int = 180,
 ) -> np.ndarray:
     """Rebuild breached cross-sections of a femur mask.
 
@@ -122,16 +206,22 @@ def repair_cortical_breaches(
         of a breached cross-section is added too.
     blocked:
         bool, same shape: voxels that must not be added (other bones).
+    image:
+        float (S, P, L) CT in HU, same shape: lets a concave stretch of outline lined with cortex count
+        as intact. Without it only the convex hull tells.
     hull_ratio:
         A cross-section is breached when its convex hull is this much larger than it...
     area_drop:
         ...or when its area falls below this fraction of the median of its intact neighbours.
     max_bridge_mm:
-        Intact cross-sections farther than this from a breached one are not used to rebuild it.
+        Runs of breached cross-sections longer than this are not rebuilt beyond it from either end.
     one_sided_mm:
-        With an intact cross-section on one side only, it is carried over at most this far.
-    max_offset_mm:
-        Largest growth or shrinkage of the rebuilt outline when it is fitted to the remaining cortex.
+        A run with an intact cross-section at one end only is rebuilt at most this far from it.
+    max_shrink_mm:
+        A direction whose remaining outline lies more than this inside the outline of the
+        cross-section rebuilt before it (one slice nearer the intact end) is breached.
+    n_angles:
+        Directions of the polar outline (180: 2 degrees each).
 
     Returns
     -------
@@ -178,65 +268,66 @@ def repair_cortical_breaches(
             breached[k] = True
     if not breached.any():
         return femur
-    out = femur.copy()
-    intact = np.flatnonzero(~breached & (area > 0))
-    max_gap = int(round(max_bridge_mm / spacing[0]))
-    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def sdf_of(k: int) -> tuple[np.ndarray, np.ndarray]:
-        if k not in cache:
-            m = main[k]
-            cache[k] = (_signed_distance(m, plane), _centroid(m))
-        return cache[k]
+    out = femur.copy()
+    grid = _PolarGrid(femur.shape[1:], plane, n_angles)
+    tolerance = 1.5 * max(plane)
+
+    def is_intact(k: int) -> bool:
+        return 0 <= k < z1 - z0 and area[k] > 0 and not breached[k]
 
     n_rebuilt = 0
-    for k in np.flatnonzero(breached):
-        if not lo_z <= z0 + k < hi_z:
-            continue
-        below = intact[(intact < k) & (intact >= k - max_gap)]
-        above = intact[(intact > k) & (intact <= k + max_gap)]
-        add = np.zeros(femur.shape[1:], dtype=bool)
-        blend = None
-        if below.size and above.size:
-            kb, ka = int(below[-1]), int(above[0])
-            t = (k - kb) / (ka - kb)
-            (sb, cb), (sa, ca) = sdf_of(kb), sdf_of(ka)
-            centre = (1 - t) * cb + t * ca
-            # Move both outlines to the interpolated centre before blending, so that the slant of
-            # the shaft does not shrink the blend.
-            sb_shift = ndi.shift(sb, centre - cb, order=1, mode="nearest")
-            sa_shift = ndi.shift(sa, centre - ca, order=1, mode="nearest")
-            blend = (1 - t) * sb_shift + t * sa_shift
-        elif below.size or above.size:
-            # Only one side is intact (the lesion reaches the end of the range): carry the nearest
-            # intact outline over, centred on what is left of this cross-section, but not far.
-            kn = int(below[-1]) if below.size else int(above[0])
-            if abs(kn - k) * spacing[0] <= one_sided_mm:
-                sn, cn = sdf_of(kn)
-                blend = ndi.shift(sn, _centroid(main[k]) - cn, order=1, mode="nearest")
-        if blend is not None:
-            # Calibrate on what is left of the outline: the part of the cross-section's edge that
-            # lies on its convex hull is mostly intact cortex, and the rebuilt outline should pass
-            # through it. A constant offset of the signed distance grows or shrinks it so. The hull's
-            # edge also runs along the flat cut of a bite, far inside the rebuilt outline: the upper
-            # quartile, not the median, follows the intact part.
-            hull = hulls.get(k)
-            if hull is not None:
-                rim = main[k] & hull & ~ndi.binary_erosion(hull)
-                if rim.sum() >= 8:
-                    level = np.percentile(blend[rim], 75)
-                    offset = float(np.clip(level, -max_offset_mm, max_offset_mm))
-                    blend = blend - np.float32(offset)
-            add |= (blend < 0) & _within_intact_outline(main[k], hulls.get(k), plane, blend)
-        z = z0 + k
-        if convex_range[0] <= z < convex_range[1] and k in hulls:
-            add |= hulls[k]
-        if blocked is not None:
-            add &= ~blocked[z]
-        if add.any():
-            out[z] |= add
-            n_rebuilt += 1
+    for run in _runs(np.flatnonzero(breached), lambda k: lo_z <= z0 + k < hi_z):
+        first, last = run[0], run[-1]
+        below = first - 1 if is_intact(first - 1) else None
+        above = last + 1 if is_intact(last + 1) else None
+        reach_mm = max_bridge_mm if (below is not None and above is not None) else one_sided_mm
+        # Sweep from each intact end, each cross-section rebuilt from the one before it.
+        upward: dict[int, np.ndarray] = {}
+        downward: dict[int, np.ndarray] = {}
+        for end, order, sweep in ((below, run, upward), (above, run[::-1], downward)):
+            if end is None:
+                continue
+            previous = main[end]
+            for k in order:
+                if abs(k - end) * spacing[0] > reach_mm:
+                    break
+                previous = _rebuild_from_neighbour(
+                    previous, main[k], hulls.get(k), grid, tolerance_mm=tolerance, max_shrink_mm=max_shrink_mm,
+                    image=None if image is None else image[z0 + k],
+                )
+                sweep[k] = previous
+        for k in run:
+            if k in upward and k in downward:
+                assert below is not None and above is not None
+                t = (k - below) / (above - below)
+                add = ((1 - t) * _signed_distance(upward[k], plane) + t * _signed_distance(downward[k], plane)) < 0
+            elif k in upward or k in downward:
+                add = upward[k] if k in upward else downward[k]
+            else:
+                continue
+            z = z0 + k
+            if convex_range[0] <= z < convex_range[1] and k in hulls:
+                add = add | hulls[k]
+            if blocked is not None:
+                add = add & ~blocked[z]
+            if (add & ~out[z]).any():
+                out[z] |= add
+                n_rebuilt += 1
     logger.debug(
         "%d breached cross-section(s), %d rebuilt within slices %d-%d", int(breached.sum()), n_rebuilt, lo_z, hi_z
     )
     return out
+
+
+def _runs(indices: np.ndarray, keep: Callable[[int], bool]) -> list[list[int]]:
+    """Runs of consecutive integers among the sorted ``indices`` that ``keep`` accepts."""
+    runs: list[list[int]] = []
+    for k in (int(i) for i in indices):
+        if not keep(k):
+            continue
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs

@@ -19,7 +19,11 @@ Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`
    mask neither grows nor shrinks with cortical density), the coarse labels (eroded, so that they are
    safely inside each bone) seed a second watershed that puts the joint boundary in the gap at full
    resolution, and the result is closed and filled slice by slice and in 3D so that marrow, cancellous
-   bone, cysts and lytic lesions, also where they break the cortex, belong to the femur.
+   bone, cysts and lytic lesions, also where they break the cortex, belong to the femur. Cross-sections
+   a lesion has broken open are rebuilt from the intact ones above and below
+   (:mod:`operators.femur_breach`); holes walled by the femur together with a neighbouring bone (a
+   stretch of the neck's cortex the watershed gave to the ischium) go to the femur when most of their
+   wall is the femur's.
 
 Metal (implants) is bone-bright: it belongs to the femur it sits in; its streaks are thin and are
 removed by a small opening near metal before the fine watershed.
@@ -270,6 +274,66 @@ _IN_PLANE_4[1] = ndi.generate_binary_structure(2, 1)
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
     """Fill the holes of every axial slice (canonical axis 0) of a 3D mask."""
     return fill_holes(mask, structure=_IN_PLANE_4)
+
+
+def _fill_holes_walled_with(femur: np.ndarray, other: np.ndarray, min_share: float = 0.6) -> np.ndarray:
+    """Fill the holes of each axial slice that the femur encloses together with another bone.
+
+    Where the femoral neck lies against the ischium or the acetabular rim, the watershed can give a
+    stretch of the neck's cortex to that bone: the neck's cross-section is then an open ring, and its
+    cancellous interior, walled partly by the other bone, is no hole of the femur's mask alone. A hole
+    of the two bones together belongs to the femur when most of its wall (``min_share`` of the pixels
+    around it) is the femur's; the marrow of the other bone, walled by that bone, stays out.
+
+    Parameters
+    ----------
+    femur, other:
+        bool (S, P, L) masks of the femur and of the other bones in the same box.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool (S, P, L): ``femur`` plus the holes it walls mostly itself (``femur`` itself when there are
+        none).
+    """
+    # Only slices that hold another bone can hold such a hole (near the hip and the knee): each run of
+    # such slices is handled on its own.
+    shared = np.flatnonzero(other.any(axis=(1, 2)) & femur.any(axis=(1, 2)))
+    out = femur
+    for run in np.split(shared, np.flatnonzero(np.diff(shared) > 1) + 1):
+        if run.size == 0:
+            continue
+        slab = slice(int(run[0]), int(run[-1]) + 1)
+        add = _walled_holes(femur[slab], other[slab], min_share)
+        if add is not None:
+            if out is femur:
+                out = femur.copy()
+            out[slab] |= add
+    return out
+
+
+def _walled_holes(femur: np.ndarray, other: np.ndarray, min_share: float) -> np.ndarray | None:
+    """The in-plane holes of ``femur | other`` walled mostly by ``femur``, or None when there are none."""
+    wall = femur | other
+    holes = fill_holes(wall, structure=_IN_PLANE_4) & ~wall
+    del wall
+    if not holes.any():
+        return None
+    # Work in the box of the holes plus the pixels around them: the holes are a small part of the box.
+    box = enlarge_box(box_from_mask(holes), (0, 1, 1), holes.shape)  # type: ignore[arg-type]
+    holes = holes[box]
+    # Each in-plane component of the holes lies in one slice; the pixels just around it are its wall.
+    labels, n = ndi.label(holes, structure=_IN_PLANE_4)
+    around = ndi.grey_dilation(labels, footprint=_IN_PLANE_4) * ~holes
+    by_femur = np.bincount(around[femur[box]], minlength=n + 1)
+    by_other = np.bincount(around[other[box]], minlength=n + 1)
+    keep = by_femur >= min_share * np.maximum(by_femur + by_other, 1)
+    keep[0] = False
+    if not keep.any():
+        return None
+    add = np.zeros(femur.shape, dtype=bool)
+    add[box] = keep[labels]
+    return add
 
 
 def _body_mask(coarse: np.ndarray, threshold: float) -> np.ndarray:
@@ -820,7 +884,7 @@ def _refine(
     # Cross-sections where a lesion broke through the cortex: rebuild the outline along the shaft
     # and the trochanteric region from the intact cross-sections above and below.
     first, last = coarse.shafts[fid]
-    top = int(round((head.centre_mm[0] - 25.0) / spacing[0])) if head is not None else last + int(60.0 / spacing[0])
+    top = int(round((head.centre_mm[0] - 20.0) / spacing[0])) if head is not None else last + int(60.0 / spacing[0])
     z_off = fine_box[0].start
     femur = repair_cortical_breaches(
         femur,
@@ -828,7 +892,9 @@ def _refine(
         z_range=(first - z_off, top - z_off),
         convex_range=(first - z_off, last + 1 - z_off),
         blocked=other,
+        image=sub,
     )
+    femur = _fill_holes_walled_with(femur, other)
     femur = fill_holes(femur)
     # Keep the pieces that hold a shaft-run core or the head: what the edge threshold cut loose from
     # them (an artery that touched the cortex, a bridge into a neighbouring bone) goes.
