@@ -12,7 +12,7 @@ by slice from the intact cross-section at each end of the run, in polar form:
   cross-section's convex hull (no crescent opening) or, given the CT, has cortex just inside it (a
   normal notch of the bone is lined with cortex, the edge a lesion leaves is not), and is not more
   than a few mm inside the neighbour's outline (no bite whose remnant is convex, cut off by a flat
-  chord);
+  chord) unless dense cortex lines it (where a trochanter ends);
 * intact directions keep the cortex' own radius; the others take the neighbour's radius plus the
   offset between the two outlines interpolated from the intact directions on either side, so that
   the rebuilt outline joins the cortex that is left without a step;
@@ -113,6 +113,7 @@ def _rebuild_from_neighbour(
     max_shrink_mm: float | None,
     image: np.ndarray | None = None,
     cortex_hu: float = 400.0,
+    dense_cortex_hu: float = 700.0,
     cortex_depth_mm: float = 2.5,
 ) -> np.ndarray:
     """Rebuild one breached cross-section from its neighbour's (intact or rebuilt) outline.
@@ -133,6 +134,9 @@ def _rebuild_from_neighbour(
     cortex_hu, cortex_depth_mm:
         With ``image``, a direction with a pixel of at least ``cortex_hu`` within ``cortex_depth_mm``
         inside its outermost pixel is lined with cortex and counts as on the hull.
+    dense_cortex_hu:
+        With ``image``, a direction lined with cortex at least this dense is intact even where it lies
+        more than ``max_shrink_mm`` inside the neighbour's outline.
 
     Returns
     -------
@@ -146,6 +150,7 @@ def _rebuild_from_neighbour(
     r_left = grid.outer_radius(cross_section, r, bins)
     r_hull = grid.outer_radius(hull, r, bins) if hull is not None else r_left
     on_hull = r_hull - r_left <= tolerance_mm
+    dense = np.zeros(grid.n_angles, dtype=bool)
     if image is not None:
         # A concave stretch of outline is intact when cortex lines it (the notch of a normal bone);
         # the edge a lesion leaves is cancellous bone or lesion, not cortex.
@@ -153,9 +158,12 @@ def _rebuild_from_neighbour(
         peak = np.full(grid.n_angles, -np.inf)
         np.maximum.at(peak, bins[near_edge], image[near_edge])
         on_hull |= peak >= cortex_hu
+        dense = peak >= dense_cortex_hu
     intact = (r_left > 0) & (r_neighbour > 0) & on_hull
     if max_shrink_mm is not None:
-        intact &= r_left >= r_neighbour - max_shrink_mm
+        # An outline that falls far inside its neighbour's is a bite, unless dense cortex lines it: the
+        # end of the greater or lesser trochanter (a sclerotic rim around a lesion is less dense).
+        intact &= (r_left >= r_neighbour - max_shrink_mm) | dense
     # A direction or two judged intact inside an opening is noise (a spur of cortex at an angle).
     intact = _circular_opening(intact, 3)
     # Where the opening meets the cortex that is left, the remnant bends inward (the end of a flat
