@@ -17,6 +17,8 @@ and ``pixel_spacing`` is PixelSpacing as (spacing between rows, spacing between 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -370,15 +372,16 @@ def scan_dicom_folder(root: Path, *, follow_symlinks: bool = True) -> StudyIndex
     skipped: list[SkippedFile] = []
     instances: list[InstanceInfo] = []
     n_files = 0
-    for path in _walk_files(root, follow_symlinks=follow_symlinks, skipped=skipped):
-        n_files += 1
-        relative = path.relative_to(root)
-        result = _read_instance(path, relative)
-        if isinstance(result, SkippedFile):
-            skipped.append(result)
-            logger.debug("skipped %s: %s", result.path, result.reason)
-        else:
-            instances.append(result)
+    with _garbage_collection_paused():
+        for path in _walk_files(root, follow_symlinks=follow_symlinks, skipped=skipped):
+            n_files += 1
+            relative = path.relative_to(root)
+            result = _read_instance(path, relative)
+            if isinstance(result, SkippedFile):
+                skipped.append(result)
+                logger.debug("skipped %s: %s", result.path, result.reason)
+            else:
+                instances.append(result)
 
     if n_files == 0:
         raise InputError(f"input folder {root} holds no files")
@@ -409,6 +412,24 @@ def scan_dicom_folder(root: Path, *, follow_symlinks: bool = True) -> StudyIndex
         len(studies),
     )
     return index
+
+
+@contextlib.contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the duration of the block (restored after).
+
+    The scan creates tens of thousands of small objects (a dataset and its elements per file) that all
+    stay alive, so the collector finds nothing to free; but their number triggers full collections,
+    and in a process that holds torch and nnU-Net (the application) each one walks millions of objects:
+    0.03-0.2 s per collection, a third to half of the scan of a 750-file study.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _walk_files(root: Path, *, follow_symlinks: bool, skipped: list[SkippedFile]) -> Iterator[Path]:
