@@ -465,6 +465,9 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
     schedule = info.get("schedule") or {}
     training = info.get("training") or {}
     folder = settings.model_folder.as_posix()
+    configured = CONFIGURATIONS.get(info.get("configuration", ""))
+    command = reproduce_command(command, schedule.get("num_epochs"),
+                                configured.num_epochs if configured is not None else None)
     m = (evaluation or {}).get("metrics", {})
 
     def fmt(value: Any, digits: int = 2) -> str:
@@ -646,6 +649,22 @@ def _cohort_lines(report: dict[str, Any] | None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+
+def reproduce_command(command: str, trained_epochs: int | None, default_epochs: int | None) -> str:
+    """The command that reproduces the model: ``command`` with the epochs it was trained for.
+
+    The card can be rewritten by a later invocation (``--steps card``, or evaluation only) that does not
+    repeat ``--epochs``; the trained schedule, not that invocation, says how long the model was trained.
+    """
+    parts = shlex.split(command)
+    if "--epochs" in parts:
+        i = parts.index("--epochs")
+        del parts[i:i + 2]
+    if trained_epochs is not None and trained_epochs != default_epochs:
+        at = parts.index("--workers") + 2 if "--workers" in parts else len(parts)
+        parts[at:at] = ["--epochs", str(trained_epochs)]
+    return shlex.join(parts)
 
 
 def _recorded_command(args: argparse.Namespace) -> str:

@@ -333,3 +333,23 @@ def test_headline_metrics_follow_the_nan_rule(tmp_path):
     assert m["lesion_free_femurs"] == 2 and m["lesion_free_predicted_empty"] == 0.5
     assert m["femurs_with_cyst"] == 1 and m["femurs_with_cyst_called_tumour"] == 0
     assert m["cyst_voxels_called_tumour"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("command", "trained", "expected"),
+    [
+        # A card rewritten by an invocation without --epochs still names the epochs the model was trained for.
+        ("python -m lesion_training.shipped_model --workers 2 --no-mirroring", 70,
+         "python -m lesion_training.shipped_model --workers 2 --epochs 70 --no-mirroring"),
+        # An invocation's own --epochs does not override the trained schedule.
+        ("python -m lesion_training.shipped_model --workers 2 --epochs 5", 70,
+         "python -m lesion_training.shipped_model --workers 2 --epochs 70"),
+        # The configuration's default schedule needs no --epochs.
+        ("python -m lesion_training.shipped_model --workers 2 --epochs 40", 40,
+         "python -m lesion_training.shipped_model --workers 2"),
+    ],
+)
+def test_the_card_reproduces_the_trained_schedule(command: str, trained: int, expected: str) -> None:
+    from lesion_training.shipped_model import reproduce_command
+
+    assert reproduce_command(command, trained, 40) == expected
