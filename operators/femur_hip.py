@@ -295,6 +295,15 @@ def fit_head_sphere(
     # Grid search of the joint's contrast: +-search_mm in 1.5 mm steps, then +-0.5 mm around the best.
     centre = np.asarray(centre_mm, dtype=np.float64)
     fit = None
+
+    def rank(f: _JointFit) -> tuple[bool, float]:
+        # A fit that shows a joint (gap deep enough, under a bright enough rim, a head's radius) beats
+        # one that does not, however sharp: near the true centre a dark ring inside the head (a cyst,
+        # marrow) can give a sharper but smaller "joint" that the checks below would then reject.
+        plausible = (f.depth >= min_gap_depth_hu and f.rim - f.gap >= min_rim_contrast_hu
+                     and radius_range_mm[0] <= f.head_radius <= radius_range_mm[1])
+        return plausible, f.contrast
+
     for step, half in ((1.5, search_mm), (0.5, 0.5)):
         offsets = np.arange(-half, half + 1e-6, step)
         best_c, best_fit = centre, fit
@@ -303,11 +312,15 @@ def fit_head_sphere(
                 for dx in offsets:
                     c = centre + np.array([dz, dy, dx])
                     trial = _fit_joint(sub, spacing, c - origin, neck, radii, radius_range_mm)
-                    if trial is not None and (best_fit is None or trial.contrast > best_fit.contrast):
+                    if trial is not None and (best_fit is None or rank(trial) > rank(best_fit)):
                         best_c, best_fit = c, trial
         centre, fit = best_c, best_fit
     if fit is None or fit.depth < min_gap_depth_hu or fit.rim - fit.gap < min_rim_contrast_hu:
-        logger.debug("rejected a head candidate near %s mm: no joint gap around it", np.round(centre_mm, 1))
+        logger.debug(
+            "rejected a head candidate near %s mm: no joint gap around it (%s)", np.round(centre_mm, 1),
+            "no radial profile with a gap" if fit is None else
+            f"gap depth {fit.depth:.0f} HU, rim above gap {fit.rim - fit.gap:.0f} HU, head radius {fit.head_radius:.1f} mm",
+        )
         return None
     if not radius_range_mm[0] <= fit.head_radius <= radius_range_mm[1]:
         logger.debug("rejected a head candidate near %s mm: radius %.1f mm", np.round(centre_mm, 1), fit.head_radius)
