@@ -29,6 +29,7 @@ few per slice.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -41,6 +42,7 @@ import pydicom
 from pydicom import config
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.config import logger as pydicom_logger
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import data_element_generator
@@ -452,6 +454,21 @@ def _plain_bytes(dataset: Dataset, tag: int, vr: str) -> bytes | None:
         return None
     value = element.value
     return value if value else None
+
+
+@functools.cache
+def tag_for(keyword: str) -> int:
+    """The tag of a DICOM keyword as an int, for the ``plain_*`` functions (looked up once per keyword).
+
+    Raises
+    ------
+    KeyError
+        If pydicom's dictionary has no such keyword.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"no DICOM keyword {keyword!r}")
+    return int(tag)
 
 
 def plain_uid(dataset: Dataset, tag: int) -> str | None:

@@ -41,6 +41,7 @@ from operators.dicom_header import (
     plain_uid,
     plain_unsigned_short,
     read_header,
+    tag_for,
 )
 from operators.errors import InputError, printable
 
@@ -517,14 +518,12 @@ def _read_instance(path: Path, relative: Path) -> InstanceInfo | SkippedFile:
     meta = getattr(ds, "file_meta", None) or Dataset()
     if str(_get(meta, "TransferSyntaxUID") or "") == _DEFLATED:
         pixel_data_offset = None  # pydicom read a decompressed copy; the file's position says nothing
-    media_class = _uid(meta, _MEDIA_STORAGE_SOP_CLASS_UID, "MediaStorageSOPClassUID")
+    media_class = _uid(meta, "MediaStorageSOPClassUID")
     if media_class == MEDIA_STORAGE_DIRECTORY_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return SkippedFile(relative, "DICOMDIR: directory of the media; its images are found by the walk")
 
-    sop_class = _uid(ds, _SOP_CLASS_UID, "SOPClassUID") or media_class
-    sop_instance = _uid(ds, _SOP_INSTANCE_UID, "SOPInstanceUID") or _uid(
-        meta, _MEDIA_STORAGE_SOP_INSTANCE_UID, "MediaStorageSOPInstanceUID"
-    )
+    sop_class = _uid(ds, "SOPClassUID") or media_class
+    sop_instance = _uid(ds, "SOPInstanceUID") or _uid(meta, "MediaStorageSOPInstanceUID")
     # pydicom stops quietly at the end of a truncated header, and force=True accepts any bytes. Both
     # attributes are type 1 in every composite IOD (their values may be empty in anonymised data, the
     # elements are still there), so without them what was read is not a usable DICOM object.
@@ -536,14 +535,14 @@ def _read_instance(path: Path, relative: Path) -> InstanceInfo | SkippedFile:
         relative_path=relative,
         sop_instance_uid=sop_instance,
         sop_class_uid=sop_class,
-        instance_number=_integer_string(ds, _INSTANCE_NUMBER, "InstanceNumber"),
-        image_position=_decimals(ds, _IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3),
-        image_orientation=_decimals(ds, _IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6),
-        pixel_spacing=_decimals(ds, _PIXEL_SPACING, "PixelSpacing", 2),
-        rows=_unsigned_short(ds, _ROWS, "Rows"),
-        columns=_unsigned_short(ds, _COLUMNS, "Columns"),
-        number_of_frames=_integer_string(ds, _NUMBER_OF_FRAMES, "NumberOfFrames") or 1,
-        transfer_syntax_uid=_uid(meta, _TRANSFER_SYNTAX_UID, "TransferSyntaxUID"),
+        instance_number=_integer_string(ds, "InstanceNumber"),
+        image_position=_decimals(ds, "ImagePositionPatient", 3),
+        image_orientation=_decimals(ds, "ImageOrientationPatient", 6),
+        pixel_spacing=_decimals(ds, "PixelSpacing", 2),
+        rows=_unsigned_short(ds, "Rows"),
+        columns=_unsigned_short(ds, "Columns"),
+        number_of_frames=_integer_string(ds, "NumberOfFrames") or 1,
+        transfer_syntax_uid=_uid(meta, "TransferSyntaxUID"),
         header=ds,
         pixel_data_offset=pixel_data_offset,
     )
@@ -578,8 +577,8 @@ def _group(instances: list[InstanceInfo]) -> dict[str, StudyInfo]:
     by_study: dict[str, dict[str, list[InstanceInfo]]] = defaultdict(lambda: defaultdict(list))
     series_uids: dict[tuple[str, str], str] = {}
     for instance in instances:
-        study_uid = _uid(instance.header, _STUDY_INSTANCE_UID, "StudyInstanceUID")
-        series_uid = _uid(instance.header, _SERIES_INSTANCE_UID, "SeriesInstanceUID")
+        study_uid = _uid(instance.header, "StudyInstanceUID")
+        series_uid = _uid(instance.header, "SeriesInstanceUID")
         key = series_uid or _surrogate_series_key(study_uid, instance)
         by_study[study_uid][key].append(instance)
         series_uids[(study_uid, key)] = series_uid
@@ -637,46 +636,32 @@ def _get(ds: Dataset, keyword: str) -> Any:
         return None
 
 
-# Tags of the values the scan reads from every file. Plain values are taken from the element's bytes
+# The values the scan reads from every file: plain values are taken from the element's bytes
 # (operators.dicom_header), which gives what pydicom's conversion gives at a fraction of its cost;
 # anything else goes through pydicom (_get).
-_MEDIA_STORAGE_SOP_CLASS_UID = 0x00020002
-_MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
-_TRANSFER_SYNTAX_UID = 0x00020010
-_SOP_CLASS_UID = 0x00080016
-_SOP_INSTANCE_UID = 0x00080018
-_STUDY_INSTANCE_UID = 0x0020000D
-_SERIES_INSTANCE_UID = 0x0020000E
-_INSTANCE_NUMBER = 0x00200013
-_IMAGE_POSITION_PATIENT = 0x00200032
-_IMAGE_ORIENTATION_PATIENT = 0x00200037
-_NUMBER_OF_FRAMES = 0x00280008
-_ROWS = 0x00280010
-_COLUMNS = 0x00280011
-_PIXEL_SPACING = 0x00280030
 
 
-def _uid(ds: Dataset, tag: int, keyword: str) -> str:
+def _uid(ds: Dataset, keyword: str) -> str:
     """A UI attribute as text, empty where absent, empty or unparsable."""
-    value = plain_uid(ds, tag)
+    value = plain_uid(ds, tag_for(keyword))
     return value if value is not None else str(_get(ds, keyword) or "")
 
 
-def _unsigned_short(ds: Dataset, tag: int, keyword: str) -> int | None:
+def _unsigned_short(ds: Dataset, keyword: str) -> int | None:
     """A US attribute's single value, or None where absent, multi-valued or unparsable."""
-    value = plain_unsigned_short(ds, tag)
+    value = plain_unsigned_short(ds, tag_for(keyword))
     return value if value is not None else _as_int(_get(ds, keyword))
 
 
-def _integer_string(ds: Dataset, tag: int, keyword: str) -> int | None:
+def _integer_string(ds: Dataset, keyword: str) -> int | None:
     """An IS attribute's single value, or None where absent, multi-valued or unparsable."""
-    value = plain_integer_string(ds, tag)
+    value = plain_integer_string(ds, tag_for(keyword))
     return value if value is not None else _as_int(_get(ds, keyword))
 
 
-def _decimals(ds: Dataset, tag: int, keyword: str, n: int) -> Any:
+def _decimals(ds: Dataset, keyword: str, n: int) -> Any:
     """A DS attribute as ``n`` finite floats, or None where absent or malformed (see _as_floats)."""
-    values = plain_decimal_strings(ds, tag)
+    values = plain_decimal_strings(ds, tag_for(keyword))
     if values is None:
         return _as_floats(_get(ds, keyword), n)
     if len(values) != n or not all(np.isfinite(values)):

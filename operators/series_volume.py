@@ -42,7 +42,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from operators.dicom_header import plain_decimal_strings, plain_uid, plain_unsigned_short
+from operators.dicom_header import plain_decimal_strings, plain_uid, plain_unsigned_short, tag_for
 from operators.dicom_scan import InstanceInfo, SeriesInfo, StudyIndex, scan_dicom_folder
 from operators.errors import InputError, PixelDataError, SeriesGeometryError
 from operators.series_selection import SelectionRules, select_series
@@ -733,8 +733,8 @@ def _check_declared_size(instance: InstanceInfo, name: str, policy: GeometryPoli
     if instance.transfer_syntax_uid not in _NATIVE_SYNTAXES:
         return  # compressed: the size of the data says nothing about the image's
     header = instance.header
-    bits = _float_or_none(_plain_or_value(plain_unsigned_short, header, _BITS_ALLOCATED, "BitsAllocated"))
-    samples = _float_or_none(_plain_or_value(plain_unsigned_short, header, _SAMPLES_PER_PIXEL, "SamplesPerPixel"))
+    bits = _float_or_none(_plain_or_value(plain_unsigned_short, header, "BitsAllocated"))
+    samples = _float_or_none(_plain_or_value(plain_unsigned_short, header, "SamplesPerPixel"))
     if bits is None or bits < 1 or (samples is not None and samples < 1):
         return  # left to the decoder, which names the file
     expected = math.ceil(rows * columns * int(samples or 1) * int(bits) / 8)
@@ -756,38 +756,28 @@ def _header_value(header: Dataset, keyword: str) -> Any:
         return None
 
 
-# Attributes read for every slice. Plain values come from the element's bytes
-# (operators.dicom_header): the same values as pydicom's conversion, without its cost per slice.
-_SAMPLES_PER_PIXEL = 0x00280002
-_BITS_ALLOCATED = 0x00280100
-_BITS_STORED = 0x00280101
-_HIGH_BIT = 0x00280102
-_PIXEL_REPRESENTATION = 0x00280103
-_RESCALE_INTERCEPT = 0x00281052
-_RESCALE_SLOPE = 0x00281053
-_MODALITY_LUT_SEQUENCE = 0x00283000
-_SOP_CLASS_UID = 0x00080016
-_SOP_INSTANCE_UID = 0x00080018
+# Attributes read for every slice: plain values come from the element's bytes (operators.dicom_header),
+# the same values as pydicom's conversion without its cost per slice.
 
 
-def _plain_or_value(plain: Any, header: Dataset, tag: int, keyword: str) -> Any:
+def _plain_or_value(plain: Any, header: Dataset, keyword: str) -> Any:
     """The attribute from ``plain(header, tag)`` where it answers, else ``_header_value``."""
-    value = plain(header, tag)
+    value = plain(header, tag_for(keyword))
     return value if value is not None else _header_value(header, keyword)
 
 
-def _unsigned_short(header: Dataset, tag: int, keyword: str, *default: Any) -> Any:
+def _unsigned_short(header: Dataset, keyword: str, *default: Any) -> Any:
     """``header.get(keyword, *default)`` of a US attribute (raising as it does), from its bytes where plain."""
-    value = plain_unsigned_short(header, tag)
+    value = plain_unsigned_short(header, tag_for(keyword))
     return value if value is not None else header.get(keyword, *default)
 
 
-def _decimal(header: Dataset, tag: int, keyword: str) -> Any:
+def _decimal(header: Dataset, keyword: str) -> Any:
     """``header.get(keyword)`` of a DS attribute (raising as it does), from its bytes where plain.
 
     A plain multi-valued element gives a tuple where pydicom gives a MultiValue: neither is a number.
     """
-    values = plain_decimal_strings(header, tag)
+    values = plain_decimal_strings(header, tag_for(keyword))
     if values is None:
         return header.get(keyword)
     return values[0] if len(values) == 1 else values
@@ -938,15 +928,15 @@ def _read_native_slice(instance: InstanceInfo) -> np.ndarray | None:
         return None
     header = instance.header
     try:
-        bits_allocated = int(_unsigned_short(header, _BITS_ALLOCATED, "BitsAllocated"))
-        bits_stored = int(_unsigned_short(header, _BITS_STORED, "BitsStored"))
-        high_bit = int(_unsigned_short(header, _HIGH_BIT, "HighBit"))
-        signed = int(_unsigned_short(header, _PIXEL_REPRESENTATION, "PixelRepresentation"))
-        samples = int(_unsigned_short(header, _SAMPLES_PER_PIXEL, "SamplesPerPixel", 1) or 1)
+        bits_allocated = int(_unsigned_short(header, "BitsAllocated"))
+        bits_stored = int(_unsigned_short(header, "BitsStored"))
+        high_bit = int(_unsigned_short(header, "HighBit"))
+        signed = int(_unsigned_short(header, "PixelRepresentation"))
+        samples = int(_unsigned_short(header, "SamplesPerPixel", 1) or 1)
     except (TypeError, ValueError):
         return None
     if (bits_allocated != 16 or not 1 <= bits_stored <= 16 or high_bit != bits_stored - 1
-            or signed not in (0, 1) or samples != 1 or _MODALITY_LUT_SEQUENCE in header):
+            or signed not in (0, 1) or samples != 1 or tag_for("ModalityLUTSequence") in header):
         return None
     expected = rows * columns * 2
     element_header = 12 if explicit else 8
@@ -1006,8 +996,8 @@ def _rescale_into(stored: np.ndarray, slope: float, intercept: float, out: np.nd
 
 def _rescale_of(header: Dataset) -> tuple[float, float]:
     """(RescaleSlope, RescaleIntercept) of a header; 1 and 0 where absent or unreadable."""
-    slope = _float_or_none(_decimal(header, _RESCALE_SLOPE, "RescaleSlope"))
-    intercept = _float_or_none(_decimal(header, _RESCALE_INTERCEPT, "RescaleIntercept"))
+    slope = _float_or_none(_decimal(header, "RescaleSlope"))
+    intercept = _float_or_none(_decimal(header, "RescaleIntercept"))
     return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
 
 
@@ -1060,10 +1050,8 @@ def _decode_file(instance: InstanceInfo, out: np.ndarray) -> None:
 def _source_header(instance: InstanceInfo) -> Dataset:
     """Header of a source slice for the SEG writer, with empty SOP UIDs taken from the file meta."""
     header = instance.header
-    needs_uid = (not (plain_uid(header, _SOP_INSTANCE_UID) or str(_header_value(header, "SOPInstanceUID") or ""))
-                 and instance.sop_instance_uid)
-    needs_class = (not (plain_uid(header, _SOP_CLASS_UID) or str(_header_value(header, "SOPClassUID") or ""))
-                   and instance.sop_class_uid)
+    needs_uid = not str(_plain_or_value(plain_uid, header, "SOPInstanceUID") or "") and instance.sop_instance_uid
+    needs_class = not str(_plain_or_value(plain_uid, header, "SOPClassUID") or "") and instance.sop_class_uid
     if not (needs_uid or needs_class):
         return header
     # A copy, so that the scan's index keeps what the file holds.
