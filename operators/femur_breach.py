@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 #: Each opening of a breached outline is widened by this angle on either side (degrees).
 _OPENING_MARGIN_DEG = 4.0
 
+#: Diaphyseal cortex (99th percentile of the shaft's voxels, HU) for which the cortex levels of
+#: :func:`_rebuild_from_neighbour` are set; see :func:`_cortex_levels`.
+_REFERENCE_CORTEX_HU = 1700.0
+
 
 def _signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
     """2D signed distance in mm: negative inside, positive outside."""
@@ -279,6 +283,7 @@ def repair_cortical_breaches(
 
     out = femur.copy()
     grid = _PolarGrid(femur.shape[1:], plane, n_angles)
+    cortex = {} if image is None else _cortex_levels(femur, image, convex_range)
     tolerance = 1.5 * max(plane)
 
     def is_intact(k: int) -> bool:
@@ -302,7 +307,7 @@ def repair_cortical_breaches(
                     break
                 previous = _rebuild_from_neighbour(
                     previous, main[k], hulls.get(k), grid, tolerance_mm=tolerance, max_shrink_mm=max_shrink_mm,
-                    image=None if image is None else image[z0 + k],
+                    image=None if image is None else image[z0 + k], **cortex,
                 )
                 sweep[k] = previous
         for k in run:
@@ -326,6 +331,23 @@ def repair_cortical_breaches(
         "%d breached cross-section(s), %d rebuilt within slices %d-%d", int(breached.sum()), n_rebuilt, lo_z, hi_z
     )
     return out
+
+
+def _cortex_levels(femur: np.ndarray, image: np.ndarray, convex_range: tuple[int, int]) -> dict[str, float]:
+    """Cortex levels for :func:`_rebuild_from_neighbour`, scaled down for faint bone.
+
+    The levels (400 and 700 HU) suit a diaphyseal cortex of about 1700 HU (its 99th percentile). Bone
+    that is fainter as a whole (osteoporosis, high kVp) has a fainter cortex everywhere: where it is,
+    the levels are lowered in proportion, or the normal notch between the neck and the end of the
+    greater trochanter would be taken for a breach and filled. Never raised: dense bone keeps them.
+    """
+    lo, hi = max(0, convex_range[0]), min(femur.shape[0], convex_range[1])
+    shaft = femur[lo:hi]
+    if hi - lo < 1 or not shaft.any():
+        return {}
+    reference = float(np.percentile(image[lo:hi][shaft], 99.0))
+    scale = float(np.clip(reference / _REFERENCE_CORTEX_HU, 0.5, 1.0))
+    return {"cortex_hu": 400.0 * scale, "dense_cortex_hu": 700.0 * scale}
 
 
 def _runs(indices: np.ndarray, keep: Callable[[int], bool]) -> list[list[int]]:

@@ -588,6 +588,7 @@ def _coarse_labels(
         below[1:] = z_sum[1:] < bottom * np.maximum(count[1:], 1.0)
         other = (~has_seed & below)[comp]
         markers[other & (markers == 0)] = _OTHER
+    condyles = _condyles(markers, eroded, tracks, cspacing)
     # Other bone 2: too far along the bone from the shafts to be femur.
     far = _geodesic_far(bone, femur_seed, cspacing, cfg.far_geodesic_mm)
     markers[far & (markers == 0)] = _OTHER
@@ -621,11 +622,54 @@ def _coarse_labels(
             coarse, cspacing, max(cfg.valley_sigma_mm, 0.5 * min(cspacing))
         )
     labels = _watershed(landscape, markers, bone).astype(np.int32)
+    for fid, region in condyles.items():
+        # The eroded region and the layer that erosion took off it.
+        labels[ndi.binary_dilation(region, structure=_SIX) & (labels == _OTHER)] = fid
     shafts = {
         fid: (t.slices[0] * factors[0], t.slices[-1] * factors[0] + factors[0] - 1)
         for fid, t in enumerate(tracks, start=1)
     }
     return _Coarse(factors=factors, spacing=cspacing, labels=labels, heads=heads, anchors=anchors, shafts=shafts)
+
+
+def _condyles(
+    markers: np.ndarray, eroded: np.ndarray, tracks: list[ShaftTrack], cspacing: tuple[float, float, float],
+    depth_mm: float = 80.0,
+) -> dict[int, np.ndarray]:
+    """Per femur id, the bone below its shaft run that stays joined to the run once bridges are eroded.
+
+    The shaft run ends where the metaphysis flares, 4-6 cm above the condyles. The femur's label has
+    to flood all that bone to reach the condyles, while the tibia's label lies just across the knee
+    joint: where partial volume bridges the joint on the coarse grid, the tibia gets there first and
+    takes the condyles. What this returns goes back to the femur after the watershed (not as seeds:
+    seeds added anywhere change the order in which the watershed settles ties elsewhere, at the hip).
+    Only bone within ``depth_mm`` below the run and joined to this femur alone counts (canonical
+    grid, axis 0 upwards; ``markers`` as seeded so far).
+    """
+    out: dict[int, np.ndarray] = {}
+    for fid, track in enumerate(tracks, start=1):
+        bottom = int(track.slices[0])
+        low = max(0, bottom - int(round(depth_mm / cspacing[0])))
+        if low >= bottom:
+            continue
+        comp, n = ndi.label(eroded[low:bottom + 1], structure=_SIX)
+        if n == 0:
+            continue
+        seeded = markers[low:bottom + 1]
+        own = np.unique(comp[(seeded == fid) & (comp > 0)])
+        foreign = np.unique(comp[(seeded > 0) & (seeded != fid) & (comp > 0)])
+        keep = np.setdiff1d(own, foreign)
+        if keep.size == 0:
+            continue
+        region = np.zeros(markers.shape, dtype=bool)
+        region[low:bottom] = np.isin(comp[:-1], keep)
+        out[fid] = region
+    return out
+
+
+#: Edge strengths (HU/mm on the coarse grid) that vote for head centres, tried in turn until a head is
+#: found (see ``_find_head``).
+_HEAD_EDGE_GRADIENTS_HU_PER_MM = (40.0, 15.0)
 
 
 def _find_head(
@@ -649,7 +693,6 @@ def _find_head(
     up /= np.linalg.norm(up)
     top = np.array([z_mm[-1], centres[-1, 0], centres[-1, 1]])
     medial = np.array([0.0, 0.0, 1.0 if midline_mm > top[2] else -1.0])
-    candidates = head_candidates(coarse, cspacing, shaft_top_mm=top, shaft_direction=up, medial=medial)
 
     def neck_guess(centre: np.ndarray) -> np.ndarray:
         # Anatomical guess of the neck axis: from the head towards the shaft, down and lateral at
@@ -658,10 +701,22 @@ def _find_head(
         lateral = to_axis / max(np.linalg.norm(to_axis), 1e-6)
         return -np.cos(np.deg2rad(50.0)) * up + np.sin(np.deg2rad(50.0)) * lateral
 
-    for centre in candidates:
-        sphere = fit_head_sphere(image, full_spacing, centre + shift, neck_guess(centre))
-        if sphere is not None:
-            return sphere
+    tried: list[np.ndarray] = []
+    # Strong edges first. A thin, faint head cortex (osteoporotic bone, high kVp) blurred by the
+    # coarse grid can stay under that gradient everywhere, so that the head collects no votes and
+    # only the pelvis' thick edges are left: then weaker edges vote too. The fit below, not the
+    # vote, decides what is a head, so the second round only adds candidates.
+    for min_gradient in _HEAD_EDGE_GRADIENTS_HU_PER_MM:
+        candidates = head_candidates(
+            coarse, cspacing, shaft_top_mm=top, shaft_direction=up, medial=medial, min_gradient_hu_per_mm=min_gradient
+        )
+        for centre in candidates:
+            if any(np.linalg.norm(centre - t) < 5.0 for t in tried):
+                continue
+            tried.append(centre)
+            sphere = fit_head_sphere(image, full_spacing, centre + shift, neck_guess(centre))
+            if sphere is not None:
+                return sphere
     return None
 
 

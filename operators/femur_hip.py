@@ -115,6 +115,15 @@ class _JointFit:
     cup: float  # HU just beyond the cup's surface
 
 
+def _shoulder_mm(spacing: tuple[float, ...]) -> float:
+    """How far from a joint gap's deepest point its bright shoulders (head cortex inside, cup cortex
+    outside) are looked for, mm: 4 mm, up to 6 mm on coarse voxels (twice the largest voxel size),
+    which blur the shoulders away from the gap. Any wider and, across a thin gap (1-2 mm, an
+    arthritic hip), the marrow of the acetabulum between its inner and outer cortex outscores the
+    joint, and the cup's surface is taken at the acetabulum's outer cortex."""
+    return float(np.clip(2.0 * max(spacing), 4.0, 6.0))
+
+
 def _fit_joint(
     image: np.ndarray,
     spacing: tuple[float, ...],
@@ -133,10 +142,10 @@ def _fit_joint(
     cup_dirs = _DIRECTIONS[_DIRECTIONS @ (-neck) > np.cos(np.deg2rad(60.0))]
     profile = _radial_profile(image, spacing, centre, cup_dirs, radii)
     step = float(radii[1] - radii[0])
-    w = max(1, int(round(6.0 / step)))
+    w = max(1, int(round(_shoulder_mm(spacing) / step)))
     n = profile.size
-    left = np.array([profile[max(0, i - w):i + 1].max() for i in range(n)])  # max over [r - 6, r]
-    right = np.array([profile[i:i + w + 1].max() for i in range(n)])  # max over [r, r + 6]
+    left = np.array([profile[max(0, i - w):i + 1].max() for i in range(n)])  # max over [r - shoulder, r]
+    right = np.array([profile[i:i + w + 1].max() for i in range(n)])  # max over [r, r + shoulder]
     depth = np.minimum(left, right) - profile
     sel = (radii >= radius_range_mm[0]) & (radii <= radius_range_mm[1] + 4.0)
     if not sel.any():

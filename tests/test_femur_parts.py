@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
-from operators.femur_breach import repair_cortical_breaches
-from operators.femur_classical import block_mean
+from operators.femur_breach import _cortex_levels, repair_cortical_breaches
+from operators.femur_classical import _OTHER, ClassicalSegmenterConfig, _coarse_labels, _find_head, block_mean
 from operators.femur_hip import fit_head_sphere, head_candidates, sphere_markers
-from operators.femur_shafts import ShaftCriteria, choose_femur_tracks, find_shaft_tracks
+from operators.femur_shafts import _IN_PLANE_8, ShaftCriteria, ShaftTrack, choose_femur_tracks, find_shaft_tracks
 
 
 # ------------------------------------------------------------------------------------------------
@@ -80,9 +81,11 @@ HEAD_RADIUS = 22.0
 GAP = 2.5
 
 
-def _hip(spacing=1.0, noise=15.0, seed=3):
+def _hip(spacing=1.0, noise=15.0, seed=3, cortex_hu=1200.0, cancellous_hu=None, gap=GAP, outer_cortex=False):
     """Ball (cortex 1.5 mm) with a neck running down and to patient-right, in a cup covering the
-    upper-left hemisphere (medial = +L for this right-side ball), a 2.5 mm cartilage gap between."""
+    upper-left hemisphere (medial = +L for this right-side ball), a ``gap`` mm cartilage gap between.
+    ``cancellous_hu`` (None: 300-350 HU) fills neck, head and the bone behind the cup, 12 mm deep
+    and, with ``outer_cortex``, closed by a second cortex (the acetabulum's outer wall)."""
     shape = tuple(int(v / spacing) for v in (120.0, 100.0, 110.0))
     z, y, x = np.meshgrid(*[np.arange(n) * spacing for n in shape], indexing="ij")
     d = np.stack([z - HEAD_CENTRE[0], y - HEAD_CENTRE[1], x - HEAD_CENTRE[2]])
@@ -92,15 +95,17 @@ def _hip(spacing=1.0, noise=15.0, seed=3):
     t = np.tensordot(neck_dir, d, axes=1)
     radial = np.sqrt(np.maximum(r**2 - t**2, 0.0))
     neck = (t > 0) & (t < 70.0) & (radial < 15.0)
-    image[neck] = 1200.0
-    image[neck & (radial < 13.5)] = 300.0
+    image[neck] = cortex_hu
+    image[neck & (radial < 13.5)] = cancellous_hu or 300.0
     cup_axis = np.array([0.64, 0.0, 0.77])
     in_cup_dirs = np.tensordot(cup_axis, d, axes=1) > 0.05 * r
-    image[in_cup_dirs & (r >= HEAD_RADIUS + GAP) & (r < HEAD_RADIUS + GAP + 1.5)] = 1200.0
-    image[in_cup_dirs & (r >= HEAD_RADIUS + GAP + 1.5) & (r < HEAD_RADIUS + GAP + 12.0)] = 320.0
-    image[r < HEAD_RADIUS] = 1200.0
-    image[r < HEAD_RADIUS - 1.5] = 350.0
-    image[in_cup_dirs & (r >= HEAD_RADIUS) & (r < HEAD_RADIUS + GAP)] = 100.0
+    image[in_cup_dirs & (r >= HEAD_RADIUS + gap) & (r < HEAD_RADIUS + gap + 1.5)] = cortex_hu
+    image[in_cup_dirs & (r >= HEAD_RADIUS + gap + 1.5) & (r < HEAD_RADIUS + gap + 12.0)] = cancellous_hu or 320.0
+    if outer_cortex:
+        image[in_cup_dirs & (r >= HEAD_RADIUS + gap + 10.5) & (r < HEAD_RADIUS + gap + 12.0)] = cortex_hu
+    image[r < HEAD_RADIUS] = cortex_hu
+    image[r < HEAD_RADIUS - 1.5] = cancellous_hu or 350.0
+    image[in_cup_dirs & (r >= HEAD_RADIUS) & (r < HEAD_RADIUS + gap)] = 100.0
     image += np.random.default_rng(seed).normal(0.0, noise, size=shape).astype(np.float32)
     return image, (spacing, spacing, spacing)
 
@@ -151,6 +156,39 @@ def test_a_head_close_above_a_medially_leaning_shaft_is_a_candidate_one_lateral_
     assert bool(near) is found
 
 
+def test_a_head_with_a_faint_thin_cortex_is_still_found():
+    # Osteoporotic cortex of 600 HU, 1.5 mm thick, over 250 HU cancellous bone (or the same at high
+    # kVp): blurred by the coarse grid, no edge of the head or cup reaches the usual voting gradient,
+    # so only the pelvis' thick edges would vote. The search then lets weaker edges vote.
+    image, spacing = _hip(cortex_hu=600.0, cancellous_hu=250.0)
+    coarse = block_mean(image, (2, 2, 2))
+    cspacing = (2.0, 2.0, 2.0)
+    shaft_top = np.array([10.0, 50.0, 20.0])
+    up, medial = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    strong_only = head_candidates(coarse, cspacing, shaft_top_mm=shaft_top, shaft_direction=up, medial=medial)
+    assert not any(np.linalg.norm(c + 0.5 - HEAD_CENTRE) < 4.0 for c in strong_only)
+
+    track = ShaftTrack(
+        slices=list(range(6)), labels=[1] * 6, centres_mm=[shaft_top[1:]] * 6, areas_mm2=[600.0] * 6
+    )
+    sphere = _find_head(coarse, image, track, cspacing, spacing, np.full(3, 0.5), midline_mm=100.0)
+    assert sphere is not None
+    assert np.linalg.norm(sphere.centre_mm - HEAD_CENTRE) < 1.5
+    assert sphere.head_radius_mm == pytest.approx(HEAD_RADIUS, abs=1.0)
+
+
+def test_the_cup_of_a_thin_joint_is_its_inner_surface_not_the_acetabulums_outer_wall():
+    # An arthritic hip: a 1.5 mm joint gap and an acetabulum closed by an outer cortex 12 mm out.
+    # Blurred, the thin gap is shallower than the acetabulum's marrow between its two cortices; the
+    # cup must still be found at the gap, or the pelvis' seeds start beyond the outer wall and the
+    # femur takes the acetabulum's marrow.
+    image, spacing = _hip(cortex_hu=1000.0, cancellous_hu=250.0, gap=1.5, outer_cortex=True)
+    sphere = fit_head_sphere(image, spacing, HEAD_CENTRE + 1.0, np.array([-0.64, 0.0, -0.77]))
+    assert sphere is not None
+    assert sphere.head_radius_mm == pytest.approx(HEAD_RADIUS, abs=1.0)
+    assert sphere.cup_radius_mm <= HEAD_RADIUS + 1.5 + 1.5
+
+
 def test_a_ball_without_a_socket_is_not_a_hip():
     image, spacing = _hip(noise=0.0)
     z, y, x = np.meshgrid(*[np.arange(n) * 1.0 for n in image.shape], indexing="ij")
@@ -158,6 +196,40 @@ def test_a_ball_without_a_socket_is_not_a_hip():
     image[(r >= HEAD_RADIUS) & (r < HEAD_RADIUS + GAP + 12.0) & (image != 300.0)] = 40.0  # no cup
     sphere = fit_head_sphere(image, spacing, HEAD_CENTRE, np.array([-0.64, 0.0, -0.77]))
     assert sphere is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Knee
+# ------------------------------------------------------------------------------------------------
+
+
+def test_the_condyles_stay_with_the_femur_when_the_knee_joint_is_bridged():
+    # Coarse grid. Tibia below 45 mm, a 5 mm joint gap crossed by a one-voxel partial-volume bridge,
+    # then the femur: condyles 60 mm wide narrowing into a shaft whose run (the femur's seeds)
+    # only starts at 110 mm, as the shaft finder's runs end where the metaphysis flares. The tibia's
+    # label is across the bridge from the condyles, the femur's 60 mm of bone away.
+    spacing = (2.5, 2.0, 2.0)
+    shape = (90, 60, 60)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    r = np.hypot(y - 60.0, x - 60.0)
+    radius = np.where(z < 110.0, 30.0 - (z - 50.0) / 60.0 * 16.0, 14.0)
+    tibia = (z < 45.0) & (r < 30.0)
+    femur = (z >= 50.0) & (r < radius)
+    image = np.full(shape, 40.0, dtype=np.float32)
+    image[tibia | femur] = 300.0
+    image[(tibia & (r > 27.0)) | (femur & (r > radius - 3.0))] = 900.0
+    image[(z >= 45.0) & (z < 50.0) & (r >= 24.0) & (r < 26.0) & (x > 60.0)] = 250.0
+    bone = image > 180.0
+    in_plane, _ = ndi.label(bone, structure=_IN_PLANE_8)
+    run = list(range(44, 90))
+    track = ShaftTrack(
+        slices=run, labels=[int(in_plane[k, 30, 30]) for k in run],
+        centres_mm=[np.array([60.0, 60.0])] * len(run), areas_mm2=[600.0] * len(run),
+    )
+    labels = _coarse_labels(image, image, bone, [track], spacing, (1, 1, 1), 0.0, ClassicalSegmenterConfig()).labels
+    condyles = bone & femur & (z < 110.0)
+    assert np.mean(labels[condyles] == 1) > 0.95  # the rest: the rim of their lowest slice, at the joint
+    assert np.mean(labels[bone & tibia] == _OTHER) > 0.99
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,6 +309,22 @@ def test_a_breached_trochanteric_crescent_is_rebuilt_without_growing_past_the_in
 # ------------------------------------------------------------------------------------------------
 # Holes walled by the femur together with another bone
 # ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shaft_cortex_hu", "expected"), [(1300.0, (306.0, 535.0)), (2000.0, (400.0, 700.0))])
+def test_the_cortex_levels_of_the_rebuild_follow_a_faint_shaft_down_never_up(shaft_cortex_hu, expected):
+    # Faint bone (osteoporosis, 140 kVp) has a faint cortex everywhere, also at the end of the greater
+    # trochanter, whose notch must not be taken for a breach: the levels scale with the shaft's cortex.
+    spacing = 0.8
+    femur = np.zeros((30, 50, 50), dtype=bool)
+    image = np.full(femur.shape, 40.0, dtype=np.float32)
+    for z in range(30):
+        femur[z] = _disc(femur.shape[1:], (20.0, 20.0), 12.0, spacing)
+        image[z][femur[z]] = shaft_cortex_hu
+        image[z][_disc(femur.shape[1:], (20.0, 20.0), 8.0, spacing)] = -50.0  # marrow
+    levels = _cortex_levels(femur, image, (0, 20))
+    assert levels["cortex_hu"] == pytest.approx(expected[0], abs=1.0)
+    assert levels["dense_cortex_hu"] == pytest.approx(expected[1], abs=1.0)
 
 
 def test_a_neck_whose_cortex_partly_went_to_the_hip_bone_is_still_filled():
