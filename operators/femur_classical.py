@@ -622,9 +622,14 @@ def _coarse_labels(
             coarse, cspacing, max(cfg.valley_sigma_mm, 0.5 * min(cspacing))
         )
     labels = _watershed(landscape, markers, bone).astype(np.int32)
-    for fid, region in condyles.items():
+    for fid, (slab, region) in condyles.items():
         # The eroded region and the layer that erosion took off it.
-        labels[ndi.binary_dilation(region, structure=_SIX) & (labels == _OTHER)] = fid
+        grown = ndi.binary_dilation(np.pad(region, ((1, 1), (0, 0), (0, 0))), structure=_SIX)
+        lo = slab.start - 1
+        if lo < 0:
+            grown, lo = grown[1:], 0
+        part = labels[lo:lo + grown.shape[0]]
+        part[grown[:part.shape[0]] & (part == _OTHER)] = fid
     shafts = {
         fid: (t.slices[0] * factors[0], t.slices[-1] * factors[0] + factors[0] - 1)
         for fid, t in enumerate(tracks, start=1)
@@ -635,7 +640,7 @@ def _coarse_labels(
 def _condyles(
     markers: np.ndarray, eroded: np.ndarray, tracks: list[ShaftTrack], cspacing: tuple[float, float, float],
     depth_mm: float = 80.0,
-) -> dict[int, np.ndarray]:
+) -> dict[int, tuple[slice, np.ndarray]]:
     """Per femur id, the bone below its shaft run that stays joined to the run once bridges are eroded.
 
     The shaft run ends where the metaphysis flares, 4-6 cm above the condyles. The femur's label has
@@ -644,9 +649,10 @@ def _condyles(
     takes the condyles. What this returns goes back to the femur after the watershed (not as seeds:
     seeds added anywhere change the order in which the watershed settles ties elsewhere, at the hip).
     Only bone within ``depth_mm`` below the run and joined to this femur alone counts (canonical
-    grid, axis 0 upwards; ``markers`` as seeded so far).
+    grid, axis 0 upwards; ``markers`` as seeded so far). Each region is given on a slab of slices:
+    ``(slab, mask)``, ``mask`` covering ``markers[slab]``.
     """
-    out: dict[int, np.ndarray] = {}
+    out: dict[int, tuple[slice, np.ndarray]] = {}
     for fid, track in enumerate(tracks, start=1):
         bottom = int(track.slices[0])
         low = max(0, bottom - int(round(depth_mm / cspacing[0])))
@@ -661,9 +667,7 @@ def _condyles(
         keep = np.setdiff1d(own, foreign)
         if keep.size == 0:
             continue
-        region = np.zeros(markers.shape, dtype=bool)
-        region[low:bottom] = np.isin(comp[:-1], keep)
-        out[fid] = region
+        out[fid] = (slice(low, bottom), np.isin(comp[:-1], keep))
     return out
 
 
