@@ -13,7 +13,11 @@ Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`
 3. **Watershed on the CT intensity.** Each bone voxel goes to the marker it is joined to by the path
    whose lowest intensity is highest, so femur and pelvis (or tibia) part where the joint between
    them is darkest: in the cartilage gap. A dark-valley term (positive Laplacian of the smoothed CT)
-   raises the cost of crossing thin gaps that partial volume has partly bridged.
+   raises the cost of crossing thin gaps that partial volume has partly bridged. The femoral head is
+   found as a sphere in its cup (:mod:`operators.femur_hip`) and seeds femur inside the head and
+   pelvis beyond the cup. Below the shaft run, the bone still joined to it after the erosion (the
+   metaphysis and condyles) goes back to the femur after the watershed, where the tibia's label took
+   it across a bridged knee joint.
 4. **Fine pass per femur at full resolution** inside the femur's box: the bone edge is placed at half
    the height of the local cortical peak above soft tissue (where a blurred edge really is, so the
    mask neither grows nor shrinks with cortical density), the coarse labels (eroded, so that they are
