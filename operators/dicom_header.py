@@ -36,7 +36,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import pydicom
 from pydicom import config
@@ -469,6 +469,28 @@ def tag_for(keyword: str) -> int:
     if tag is None:
         raise KeyError(f"no DICOM keyword {keyword!r}")
     return int(tag)
+
+
+def header_value(dataset: Dataset, keyword: str) -> Any:
+    """``dataset.get(keyword)``, or None where the attribute is absent or its value cannot be parsed.
+
+    For values read from every file, where one malformed value (an invalid DS, say) must not stop the
+    scan or the decode: what such a value means is left to the caller's checks.
+    """
+    try:
+        return dataset.get(keyword)
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds of error for malformed values
+        return None
+
+
+def plain_or_value(plain: Callable[[Dataset, int], Any], dataset: Dataset, keyword: str) -> Any:
+    """``plain(dataset, tag_for(keyword))`` where it answers, else :func:`header_value`.
+
+    ``plain`` is one of the ``plain_*`` readers below: the element's own bytes where they are plain,
+    the same value as pydicom's conversion at a fraction of its cost; anything else goes through pydicom.
+    """
+    value = plain(dataset, tag_for(keyword))
+    return value if value is not None else header_value(dataset, keyword)
 
 
 def plain_uid(dataset: Dataset, tag: int) -> str | None:

@@ -40,6 +40,8 @@ from operators.dicom_header import (
     plain_integer_string,
     plain_uid,
     plain_unsigned_short,
+    header_value,
+    plain_or_value,
     read_header,
     tag_for,
 )
@@ -188,27 +190,27 @@ class SeriesInfo:
     @property
     def modality(self) -> str:
         """Modality of the series (e.g. ``"CT"``), upper case; empty where absent."""
-        return str(_get(self.header, "Modality") or "").upper()
+        return str(header_value(self.header, "Modality") or "").upper()
 
     @property
     def series_number(self) -> int | None:
         """SeriesNumber, or None where absent or empty."""
-        return _as_int(_get(self.header, "SeriesNumber"))
+        return _as_int(header_value(self.header, "SeriesNumber"))
 
     @property
     def series_description(self) -> str:
         """SeriesDescription, empty where absent."""
-        return str(_get(self.header, "SeriesDescription") or "")
+        return str(header_value(self.header, "SeriesDescription") or "")
 
     @property
     def image_type(self) -> tuple[str, ...]:
         """ImageType values, upper case (e.g. ``("ORIGINAL", "PRIMARY", "AXIAL")``)."""
-        return _as_str_tuple(_get(self.header, "ImageType"))
+        return _as_str_tuple(header_value(self.header, "ImageType"))
 
     @property
     def convolution_kernel(self) -> tuple[str, ...]:
         """ConvolutionKernel values (reconstruction kernel), as stored."""
-        value = _get(self.header, "ConvolutionKernel")
+        value = header_value(self.header, "ConvolutionKernel")
         if value is None or value == "":
             return ()
         if isinstance(value, str):
@@ -218,7 +220,7 @@ class SeriesInfo:
     @property
     def frame_of_reference_uid(self) -> str:
         """FrameOfReferenceUID of the first instance, empty where absent."""
-        return str(_get(self.header, "FrameOfReferenceUID") or "")
+        return str(header_value(self.header, "FrameOfReferenceUID") or "")
 
     @property
     def n_instances(self) -> int:
@@ -516,7 +518,7 @@ def _read_instance(path: Path, relative: Path) -> InstanceInfo | SkippedFile:
                 return SkippedFile(relative, f"unreadable DICOM header: {type(exc).__name__}: {exc}")
 
     meta = getattr(ds, "file_meta", None) or Dataset()
-    if str(_get(meta, "TransferSyntaxUID") or "") == _DEFLATED:
+    if str(header_value(meta, "TransferSyntaxUID") or "") == _DEFLATED:
         pixel_data_offset = None  # pydicom read a decompressed copy; the file's position says nothing
     media_class = _uid(meta, "MediaStorageSOPClassUID")
     if media_class == MEDIA_STORAGE_DIRECTORY_SOP_CLASS or "DirectoryRecordSequence" in ds:
@@ -614,12 +616,12 @@ def _surrogate_series_key(study_uid: str, instance: InstanceInfo) -> str:
     # Not AcquisitionNumber or anything else that may vary from slice to slice within one series.
     parts: list[Any] = [
         study_uid,
-        _get(ds, "FrameOfReferenceUID"),
-        _get(ds, "Modality"),
-        _get(ds, "SeriesNumber"),
-        _get(ds, "SeriesDescription"),
-        _as_str_tuple(_get(ds, "ImageType")),
-        str(_get(ds, "ConvolutionKernel")),
+        header_value(ds, "FrameOfReferenceUID"),
+        header_value(ds, "Modality"),
+        header_value(ds, "SeriesNumber"),
+        header_value(ds, "SeriesDescription"),
+        _as_str_tuple(header_value(ds, "ImageType")),
+        str(header_value(ds, "ConvolutionKernel")),
         instance.rows,
         instance.columns,
         orientation,
@@ -628,42 +630,30 @@ def _surrogate_series_key(study_uid: str, instance: InstanceInfo) -> str:
     return f"unidentified-series-{digest}"
 
 
-def _get(ds: Dataset, keyword: str) -> Any:
-    """Value of an attribute, or None where it is absent or cannot be parsed."""
-    try:
-        return ds.get(keyword)
-    except Exception:  # noqa: BLE001 - a malformed value (e.g. invalid DS) must not stop the scan
-        return None
-
-
 # The values the scan reads from every file: plain values are taken from the element's bytes
-# (operators.dicom_header), which gives what pydicom's conversion gives at a fraction of its cost;
-# anything else goes through pydicom (_get).
+# (operators.dicom_header.plain_or_value); anything else goes through pydicom.
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
     """A UI attribute as text, empty where absent, empty or unparsable."""
-    value = plain_uid(ds, tag_for(keyword))
-    return value if value is not None else str(_get(ds, keyword) or "")
+    return str(plain_or_value(plain_uid, ds, keyword) or "")
 
 
 def _unsigned_short(ds: Dataset, keyword: str) -> int | None:
     """A US attribute's single value, or None where absent, multi-valued or unparsable."""
-    value = plain_unsigned_short(ds, tag_for(keyword))
-    return value if value is not None else _as_int(_get(ds, keyword))
+    return _as_int(plain_or_value(plain_unsigned_short, ds, keyword))
 
 
 def _integer_string(ds: Dataset, keyword: str) -> int | None:
     """An IS attribute's single value, or None where absent, multi-valued or unparsable."""
-    value = plain_integer_string(ds, tag_for(keyword))
-    return value if value is not None else _as_int(_get(ds, keyword))
+    return _as_int(plain_or_value(plain_integer_string, ds, keyword))
 
 
 def _decimals(ds: Dataset, keyword: str, n: int) -> Any:
     """A DS attribute as ``n`` finite floats, or None where absent or malformed (see _as_floats)."""
     values = plain_decimal_strings(ds, tag_for(keyword))
     if values is None:
-        return _as_floats(_get(ds, keyword), n)
+        return _as_floats(header_value(ds, keyword), n)
     if len(values) != n or not all(np.isfinite(values)):
         return None
     return values

@@ -627,13 +627,13 @@ def _coarse_labels(
         )
     labels = _watershed(landscape, markers, bone).astype(np.int32)
     for fid, (slab, region) in condyles.items():
-        # The eroded region and the layer that erosion took off it.
-        grown = ndi.binary_dilation(np.pad(region, ((1, 1), (0, 0), (0, 0))), structure=_SIX)
-        lo = slab.start - 1
-        if lo < 0:
-            grown, lo = grown[1:], 0
-        part = labels[lo:lo + grown.shape[0]]
-        part[grown[:part.shape[0]] & (part == _OTHER)] = fid
+        # The eroded region and the layer that erosion took off it, on the slab and a slice either side.
+        lo, hi = max(0, slab.start - 1), min(labels.shape[0], slab.stop + 1)
+        grown = np.zeros((hi - lo,) + labels.shape[1:], dtype=bool)
+        grown[slab.start - lo:slab.stop - lo] = region
+        grown = ndi.binary_dilation(grown, structure=_SIX)
+        part = labels[lo:hi]
+        part[grown & (part == _OTHER)] = fid
     shafts = {
         fid: (t.slices[0] * factors[0], t.slices[-1] * factors[0] + factors[0] - 1)
         for fid, t in enumerate(tracks, start=1)

@@ -42,7 +42,14 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from operators.dicom_header import plain_decimal_strings, plain_uid, plain_unsigned_short, tag_for
+from operators.dicom_header import (
+    header_value,
+    plain_decimal_strings,
+    plain_or_value,
+    plain_uid,
+    plain_unsigned_short,
+    tag_for,
+)
 from operators.dicom_scan import InstanceInfo, SeriesInfo, StudyIndex, scan_dicom_folder
 from operators.errors import InputError, PixelDataError, SeriesGeometryError
 from operators.series_selection import SelectionRules, select_series
@@ -616,7 +623,7 @@ def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
     if np.any(in_plane > allowed):
         worst = int(np.argmax(in_plane - allowed))
         angle = math.degrees(math.atan2(float(in_plane[worst]), float(abs(along[worst]))))
-        tilt_tag = _float_or_none(_header_value(series.header, "GantryDetectorTilt"))
+        tilt_tag = _float_or_none(header_value(series.header, "GantryDetectorTilt"))
         hint = f"; GantryDetectorTilt is {tilt_tag:g} deg" if tilt_tag else ""
         raise SeriesGeometryError(
             f"{name} is stacked at {angle:.2f} deg to its slice normal (gantry tilt or sheared stack{hint}); "
@@ -670,8 +677,8 @@ def _plan_geometry(series: SeriesInfo, policy: GeometryPolicy) -> _Plan:
         interpolated = tuple(int(i) for i in np.flatnonzero(nearest > policy.duplicate_tolerance_mm))
 
     header = series.header
-    spacing_tag = _float_or_none(_header_value(header, "SpacingBetweenSlices"))
-    thickness_tag = _float_or_none(_header_value(header, "SliceThickness"))
+    spacing_tag = _float_or_none(header_value(header, "SpacingBetweenSlices"))
+    thickness_tag = _float_or_none(header_value(header, "SliceThickness"))
     if spacing_tag is not None and abs(abs(spacing_tag) - spacing) > max(tolerance, 0.01 * spacing):
         message = (
             f"SpacingBetweenSlices {spacing_tag:g} mm in the header of {name} disagrees with the measured "
@@ -733,8 +740,8 @@ def _check_declared_size(instance: InstanceInfo, name: str, policy: GeometryPoli
     if instance.transfer_syntax_uid not in _NATIVE_SYNTAXES:
         return  # compressed: the size of the data says nothing about the image's
     header = instance.header
-    bits = _float_or_none(_plain_or_value(plain_unsigned_short, header, "BitsAllocated"))
-    samples = _float_or_none(_plain_or_value(plain_unsigned_short, header, "SamplesPerPixel"))
+    bits = _float_or_none(plain_or_value(plain_unsigned_short, header, "BitsAllocated"))
+    samples = _float_or_none(plain_or_value(plain_unsigned_short, header, "SamplesPerPixel"))
     if bits is None or bits < 1 or (samples is not None and samples < 1):
         return  # left to the decoder, which names the file
     expected = math.ceil(rows * columns * int(samples or 1) * int(bits) / 8)
@@ -749,21 +756,8 @@ def _check_declared_size(instance: InstanceInfo, name: str, policy: GeometryPoli
         )
 
 
-def _header_value(header: Dataset, keyword: str) -> Any:
-    try:
-        return header.get(keyword)
-    except Exception:  # noqa: BLE001 - a malformed value is left to the decoder
-        return None
-
-
 # Attributes read for every slice: plain values come from the element's bytes (operators.dicom_header),
 # the same values as pydicom's conversion without its cost per slice.
-
-
-def _plain_or_value(plain: Any, header: Dataset, keyword: str) -> Any:
-    """The attribute from ``plain(header, tag)`` where it answers, else ``_header_value``."""
-    value = plain(header, tag_for(keyword))
-    return value if value is not None else _header_value(header, keyword)
 
 
 def _unsigned_short(header: Dataset, keyword: str, *default: Any) -> Any:
@@ -1050,8 +1044,8 @@ def _decode_file(instance: InstanceInfo, out: np.ndarray) -> None:
 def _source_header(instance: InstanceInfo) -> Dataset:
     """Header of a source slice for the SEG writer, with empty SOP UIDs taken from the file meta."""
     header = instance.header
-    needs_uid = not str(_plain_or_value(plain_uid, header, "SOPInstanceUID") or "") and instance.sop_instance_uid
-    needs_class = not str(_plain_or_value(plain_uid, header, "SOPClassUID") or "") and instance.sop_class_uid
+    needs_uid = not str(plain_or_value(plain_uid, header, "SOPInstanceUID") or "") and instance.sop_instance_uid
+    needs_class = not str(plain_or_value(plain_uid, header, "SOPClassUID") or "") and instance.sop_class_uid
     if not (needs_uid or needs_class):
         return header
     # A copy, so that the scan's index keeps what the file holds.

@@ -138,7 +138,7 @@ def _instance_fields(result: InstanceInfo | SkippedFile) -> Any:
 
 def _fields_from_pydicoms_values(result: InstanceInfo) -> tuple[Any, ...]:
     """An instance's values as the scan derived them through pydicom's conversion alone."""
-    get, as_int, as_floats = dicom_scan._get, dicom_scan._as_int, dicom_scan._as_floats
+    get, as_int, as_floats = dicom_header.header_value, dicom_scan._as_int, dicom_scan._as_floats
     ds = copy.deepcopy(result.header)
     meta = ds.file_meta
     return (
