@@ -24,6 +24,13 @@ Fitting every slice to the cortex that is left keeps the carried outline from dr
 is added beyond intact cortex. In the diaphysis, whose cross-section is convex, the convex hull of the
 crescent is added as well.
 
+A lesion that opens through the cortex into a concave stretch of the outline (the notch beside the
+lesser trochanter) leaves a cross-section that is neither a crescent nor short of area, so it is not
+judged breached. It shows as a *lesion cavity*: a concavity of the outline (convex hull minus
+cross-section) that is deep for the width of its mouth and walled by cancellous bone rather than
+cortex. :func:`fill_lesion_cavities` fills those; a normal notch is shallow for its width and lined
+with cortex.
+
 Arrays are canonical views: axis 0 runs along the body axis (towards the head), axes 1 and 2 span the
 axial plane; spacing in mm.
 """
@@ -331,6 +338,163 @@ def repair_cortical_breaches(
         "%d breached cross-section(s), %d rebuilt within slices %d-%d", int(breached.sum()), n_rebuilt, lo_z, hi_z
     )
     return out
+
+
+#: A lesion cavity is at least this deep (mm, from its mouth on the convex hull)...
+_CAVITY_MIN_DEPTH_MM = 6.0
+#: ...at least this deep for the width of its mouth (a normal notch of the femur is shallower: the
+#: deepest seen on normal synthetic femurs was 0.6 of its mouth at >= 6 mm)...
+_CAVITY_MIN_DEPTH_TO_MOUTH = 0.7
+#: ...and at least this fraction of its wall is not lined with cortex.
+_CAVITY_MIN_UNLINED = 0.5
+#: Concavities smaller than this (mm^2) are outline noise, never judged.
+_CAVITY_MIN_AREA_MM2 = 15.0
+#: Gaussian smoothing (mm) of the CT before the lining test: a noisy voxel of dense cancellous bone
+#: must not pass for cortex.
+_CAVITY_SMOOTHING_MM = 0.7
+
+
+def fill_lesion_cavities(
+    femur: np.ndarray,
+    *,
+    spacing: tuple[float, float, float],
+    z_range: tuple[int, int],
+    image: np.ndarray,
+    convex_range: tuple[int, int],
+    blocked: np.ndarray | None = None,
+    cortex_depth_mm: float = 2.5,
+) -> np.ndarray:
+    """Fill the cavities a lesion leaves where it opens through the cortex into a concave outline.
+
+    In each cross-section of ``z_range`` the concavities of the outline (convex hull minus
+    cross-section, 8-connected pieces) are judged. One is a lesion cavity, and is filled, when
+
+    * it is at least 6 mm deep (distance from the hull's edge) and at least 0.7 times as deep as its
+      mouth (its pixels on the hull's edge) is wide: a normal notch or groove is shallow for its width;
+    * at least half of its wall (the cross-section's pixels beside it) has no cortex within
+      ``cortex_depth_mm``: the edge a lesion leaves is cancellous bone, a normal notch is lined with
+      cortex. Cortex is the smoothed CT at the dense-cortex level of :func:`_cortex_levels` (700 HU for
+      a 1700 HU diaphysis, lower in faint bone);
+    * it does not touch ``blocked`` (another bone): a concavity against the acetabulum or a sliver of
+      neighbouring bone is a joint, not a lesion.
+
+    Parameters
+    ----------
+    femur:
+        bool (S, P, L) femur mask, each cross-section's enclosed holes already filled.
+    spacing:
+        Voxel size in mm along (S, P, L).
+    z_range:
+        Half-open range of slices (axis 0) to judge: the diaphysis and the trochanteric region.
+    image:
+        float (S, P, L) CT in HU, same shape.
+    convex_range:
+        Half-open range of diaphyseal slices, for the cortex levels (see :func:`_cortex_levels`).
+    blocked:
+        bool, same shape: voxels of other bones, never added.
+    cortex_depth_mm:
+        How far inside a wall pixel cortex may lie for the wall to count as lined (mm).
+
+    Returns
+    -------
+    numpy.ndarray
+        The mask with the lesion cavities filled (a new array; voxels are only ever added).
+    """
+    lo_z, hi_z = max(0, z_range[0]), min(femur.shape[0], z_range[1])
+    out = femur.copy()
+    if hi_z <= lo_z:
+        return out
+    plane = (spacing[1], spacing[2])
+    dense_hu = _cortex_levels(femur, image, convex_range).get("dense_cortex_hu", 700.0)
+    n_filled = 0
+    for z in range(lo_z, hi_z):
+        rows = np.flatnonzero(femur[z].any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(femur[z].any(axis=0))
+        # The cross-section's box, with room for the smoothing and the lining reach around it.
+        pad = int(np.ceil((cortex_depth_mm + 4.0 * _CAVITY_SMOOTHING_MM) / min(plane))) + 1
+        box = (
+            slice(max(0, int(rows[0]) - pad), int(rows[-1]) + 1 + pad),
+            slice(max(0, int(cols[0]) - pad), int(cols[-1]) + 1 + pad),
+        )
+        cavities = _lesion_cavities_of_section(
+            femur[z][box],
+            image[z][box],
+            None if blocked is None else blocked[z][box],
+            plane=plane,
+            dense_cortex_hu=dense_hu,
+            cortex_depth_mm=cortex_depth_mm,
+        )
+        if cavities is not None:
+            out[z][box] |= cavities
+            n_filled += 1
+    logger.debug("lesion cavities filled in %d cross-section(s) within slices %d-%d", n_filled, lo_z, hi_z)
+    return out
+
+
+def _lesion_cavities_of_section(
+    section: np.ndarray,
+    image: np.ndarray,
+    blocked: np.ndarray | None,
+    *,
+    plane: tuple[float, float],
+    dense_cortex_hu: float,
+    cortex_depth_mm: float,
+) -> np.ndarray | None:
+    """The lesion cavities of one cross-section (see :func:`fill_lesion_cavities`), or None if it has none.
+
+    ``section`` bool (P, L) and ``image`` (HU) and ``blocked`` of the same box; ``plane`` its pixel size (mm).
+    """
+    if section.sum() < 3:
+        return None
+    pixel_mm2 = plane[0] * plane[1]
+    eight = np.ones((3, 3), dtype=bool)
+    hull = _convex_hull(section)
+    concave = hull & ~section
+    pieces, n = ndi.label(concave, structure=eight)
+    if n == 0:
+        return None
+    large = np.flatnonzero(np.bincount(pieces.ravel())[1:] * pixel_mm2 >= _CAVITY_MIN_AREA_MM2) + 1
+    if large.size == 0:
+        return None
+    # Depth below the hull's edge; one voxel of padding so that a hull at the box's edge is measured right.
+    depth = ndi.distance_transform_edt(np.pad(hull, 1), sampling=plane)[1:-1, 1:-1]
+    ry, rx = (int(np.floor(cortex_depth_mm / s)) for s in plane)
+    yy, xx = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    reach = (yy * plane[0]) ** 2 + (xx * plane[1]) ** 2 <= cortex_depth_mm**2
+    outside_hull = ndi.binary_dilation(~hull, structure=eight)
+    lined = None
+    found = np.zeros_like(section)
+    for i in large:
+        piece = pieces == i
+        deepest = float(depth[piece].max())
+        if deepest < _CAVITY_MIN_DEPTH_MM:
+            continue
+        mouth_y, mouth_x = np.nonzero(piece & outside_hull)
+        mouth_mm = max(plane)
+        if mouth_y.size:
+            dy = (mouth_y[:, None] - mouth_y[None, :]) * plane[0]
+            dx = (mouth_x[:, None] - mouth_x[None, :]) * plane[1]
+            mouth_mm += float(np.hypot(dy, dx).max())
+        if deepest < _CAVITY_MIN_DEPTH_TO_MOUTH * mouth_mm:
+            continue
+        around = ndi.binary_dilation(piece, structure=eight)
+        if blocked is not None and (around & blocked).any():
+            continue
+        wall = around & section
+        if not wall.any():
+            continue
+        if lined is None:
+            sigma = (_CAVITY_SMOOTHING_MM / plane[0], _CAVITY_SMOOTHING_MM / plane[1])
+            smooth = ndi.gaussian_filter(image.astype(np.float32), sigma)
+            lined = ndi.binary_dilation(section & (smooth >= dense_cortex_hu), structure=reach)
+        if float((wall & ~lined).sum()) / float(wall.sum()) < _CAVITY_MIN_UNLINED:
+            continue
+        found |= piece
+    if not found.any():
+        return None
+    return found if blocked is None else found & ~blocked
 
 
 def _cortex_levels(femur: np.ndarray, image: np.ndarray, convex_range: tuple[int, int]) -> dict[str, float]:

@@ -24,8 +24,9 @@ Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`
    safely inside each bone) seed a second watershed that puts the joint boundary in the gap at full
    resolution, and the result is closed and filled slice by slice and in 3D so that marrow, cancellous
    bone, cysts and lytic lesions, also where they break the cortex, belong to the femur. Cross-sections
-   a lesion has broken open are rebuilt from the intact ones above and below
-   (:mod:`operators.femur_breach`); holes walled by the femur together with a neighbouring bone (a
+   a lesion has broken open are rebuilt from the intact ones above and below, and a lesion that opens
+   into a concave stretch of the outline (deep for its mouth, walled by cancellous bone, not cortex)
+   has its cavity filled (:mod:`operators.femur_breach`); holes walled by the femur together with a neighbouring bone (a
    stretch of the neck's cortex the watershed gave to the ischium) go to the femur when most of their
    wall is the femur's.
 
@@ -46,7 +47,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from operators.binary_morphology import fill_holes
-from operators.femur_breach import repair_cortical_breaches
+from operators.femur_breach import fill_lesion_cavities, repair_cortical_breaches
 from operators.femur_geometry import Box, CanonicalView, box_from_mask, enlarge_box
 from operators.femur_hip import HeadSphere, fit_head_sphere, head_candidates, sphere_markers
 from operators.femur_shafts import ShaftCriteria, ShaftTrack, choose_femur_tracks, find_shaft_tracks
@@ -956,6 +957,16 @@ def _refine(
         convex_range=(first - z_off, last + 1 - z_off),
         blocked=other,
         image=sub,
+    )
+    # Lesions that open into a concave stretch of the outline (the notch beside the lesser trochanter)
+    # leave a cross-section that is not judged breached: fill their cavities.
+    femur = fill_lesion_cavities(
+        femur,
+        spacing=spacing,
+        z_range=(first - z_off, top - z_off),
+        image=sub,
+        convex_range=(first - z_off, last + 1 - z_off),
+        blocked=other,
     )
     femur = _fill_holes_walled_with(femur, other)
     femur = fill_holes(femur)
