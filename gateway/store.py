@@ -64,18 +64,48 @@ class StowStore:
         return {uid for uid in sop_instance_uids if self.client.has_instance(study_uid, uid)}
 
 
-class CStoreStore:
-    """C-STORE to a DICOM node (host, port, called AE title), as calling AE title ``calling_aet``."""
+class _NoResponse(Exception):
+    """A C-STORE request that got no response: the association timed out or was aborted."""
 
-    def __init__(self, *, host: str, port: int, aet: str, calling_aet: str, timeout_s: float = 120.0) -> None:
+
+class CStoreStore:
+    """C-STORE to a DICOM node (host, port, called AE title), as calling AE title ``calling_aet``.
+
+    An instance that gets no response at all (a lost answer, an aborted association) is sent again, with
+    the ones after it, on a new association, up to ``retries`` times; the PACS keeps one instance per
+    SOPInstanceUID, so a repeat never makes a copy. pynetdicom 3.0 can lose a response to its own
+    association thread under heavy load (it logs "Received unexpected C-STORE service message" and waits
+    out the DIMSE timeout), so this is not only for unreliable networks. A refusal (a failure status
+    from the PACS) is never retried.
+    """
+
+    def __init__(
+        self, *, host: str, port: int, aet: str, calling_aet: str, timeout_s: float = 120.0, retries: int = 2
+    ) -> None:
         self.host, self.port, self.aet, self.calling_aet, self.timeout_s = host, port, aet, calling_aet, timeout_s
+        self.retries = retries
 
     def store(self, study_uid: str, files: Sequence[Path]) -> list[str]:
         if not files:
             return []
+        datasets = [pydicom.dcmread(path) for path in files]
+        stored: list[str] = []
+        for attempt in range(self.retries + 1):
+            try:
+                self._send(datasets[len(stored):], stored)
+                return stored
+            except _NoResponse as exc:
+                if attempt == self.retries:
+                    raise PacsError(str(exc)) from None
+                logger.warning(
+                    "%s; sending the %d instance(s) left on a new association", exc, len(datasets) - len(stored)
+                )
+        return stored  # unreachable: the loop returns or raises
+
+    def _send(self, datasets: Sequence[pydicom.Dataset], stored: list[str]) -> None:
+        """C-STORE ``datasets`` on one association, appending each stored SOPInstanceUID to ``stored``."""
         from pynetdicom import AE
 
-        datasets = [pydicom.dcmread(path) for path in files]
         ae = AE(ae_title=self.calling_aet)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         for context in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}):
@@ -84,17 +114,18 @@ class CStoreStore:
         if not association.is_established:
             raise PacsError(f"C-STORE: no association with {self.aet} at {self.host}:{self.port}")
         disable_nagle(association)
-        stored: list[str] = []
         try:
             for ds in datasets:
                 status = association.send_c_store(ds)
-                code = int(getattr(status, "Status", -1)) if status else -1
+                if not status or "Status" not in status:
+                    raise _NoResponse(f"C-STORE of a {ds.Modality} instance to {self.aet}: no response")
+                code = int(status.Status)
                 if code not in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or success with warnings
-                    raise PacsError(f"C-STORE of a {ds.Modality} instance to {self.aet}: status 0x{code & 0xFFFF:04X}")
+                    raise PacsError(f"C-STORE of a {ds.Modality} instance to {self.aet}: status 0x{code:04X}")
                 stored.append(str(ds.SOPInstanceUID))
         finally:
-            association.release()
-        return stored
+            if association.is_established:
+                association.release()
 
     def present(self, study_uid: str, sop_instance_uids: Sequence[str]) -> set[str] | None:
         return None  # a C-STORE peer cannot be asked; the PACS keeps one instance per SOPInstanceUID
