@@ -406,14 +406,14 @@ def fill_lesion_cavities(
         return out
     plane = (spacing[1], spacing[2])
     dense_hu = _cortex_levels(femur, image, convex_range).get("dense_cortex_hu", 700.0)
+    # Each cross-section is judged in its own box, with room for the smoothing and the lining reach around it.
+    pad = int(np.ceil((cortex_depth_mm + 4.0 * _CAVITY_SMOOTHING_MM) / min(plane))) + 1
     n_filled = 0
     for z in range(lo_z, hi_z):
         rows = np.flatnonzero(femur[z].any(axis=1))
         if rows.size == 0:
             continue
         cols = np.flatnonzero(femur[z].any(axis=0))
-        # The cross-section's box, with room for the smoothing and the lining reach around it.
-        pad = int(np.ceil((cortex_depth_mm + 4.0 * _CAVITY_SMOOTHING_MM) / min(plane))) + 1
         box = (
             slice(max(0, int(rows[0]) - pad), int(rows[-1]) + 1 + pad),
             slice(max(0, int(cols[0]) - pad), int(cols[-1]) + 1 + pad),
@@ -498,7 +498,8 @@ def _lesion_cavities_of_section(
 
 
 def _cortex_levels(femur: np.ndarray, image: np.ndarray, convex_range: tuple[int, int]) -> dict[str, float]:
-    """Cortex levels for :func:`_rebuild_from_neighbour`, scaled down for faint bone.
+    """Cortex levels for :func:`_rebuild_from_neighbour` and the lining test of lesion cavities, scaled
+    down for faint bone.
 
     The levels (400 and 700 HU) suit a diaphyseal cortex of about 1700 HU (its 99th percentile). Bone
     that is fainter as a whole (osteoporosis, high kVp) has a fainter cortex everywhere: where it is,
