@@ -27,10 +27,11 @@ Cortical involvement (:data:`CORTICAL_RULE`)
 Site along the femur (:data:`LOCATION_RULE`)
     Landmarks are found from the femur mask itself, in patient coordinates:
 
-    * *femoral head*: the largest sphere inscribed in the femur among centres within
-      ``head_search_depth_mm`` of the femur's superior end (Euclidean distance transform in mm). It must
-      have a radius of at least ``min_head_radius_mm`` and sit at the top of the bone (its centre at most
-      ``head_top_tolerance`` head radii below the femur's superior end). The proximal femur counts as not
+    * *femoral head*: the largest sphere inscribed in the femur (Euclidean distance transform in mm) among
+      those that sit at the top of the bone: radius at least ``min_head_radius_mm``, centre within
+      ``head_search_depth_mm`` of the femur's superior end and at most ``head_top_tolerance`` of its own
+      radii below it (a wide trochanteric region lower down, whose sphere can be as large as the head's,
+      is never taken for the head). The proximal femur counts as not
       in view when the femur reaches the superior edge of the image or no such sphere exists; all lesion
       sites are then ``"unknown"``;
     * *shaft axis*: a line fitted (principal axis) to the centroids of the single-piece axial
@@ -801,14 +802,22 @@ def estimate_landmarks(
     distance = ndi.distance_transform_edt(mask[block_start:top + 2], sampling=spacing)
     first = max(0, top - search) - block_start
     window = distance[first:top + 1 - block_start]
-    flat = int(np.argmax(window))
-    head_index = np.array(np.unravel_index(flat, window.shape), dtype=np.float64)
-    head_index[0] += first + block_start
-    radius = float(window.flat[flat])
-    if radius < config.min_head_radius_mm:
-        return None, f"no femoral head: the largest sphere in the proximal femur has radius {radius:.1f} mm"
-    if (top - head_index[0]) * spacing[0] > config.head_top_tolerance * radius:
+    per_slice = window.reshape(window.shape[0], -1)
+    radii = per_slice.max(axis=1)  # largest inscribed sphere centred in each slice (mm)
+    if float(radii.max()) < config.min_head_radius_mm:
+        return None, f"no femoral head: the largest sphere in the proximal femur has radius {radii.max():.1f} mm"
+    # The head is the largest sphere that sits at the top of the bone. The trochanteric region below it
+    # can be as wide as the head (more so where a lesion fills it), so the condition is part of the search,
+    # not a check on the largest sphere overall.
+    depth_mm = (top - (first + block_start + np.arange(window.shape[0]))) * spacing[0]
+    at_top = (depth_mm <= config.head_top_tolerance * radii) & (radii >= config.min_head_radius_mm)
+    if not at_top.any():
         return None, "no femoral head at the proximal end of the femur"
+    k = int(np.flatnonzero(at_top)[np.argmax(radii[at_top])])
+    radius = float(radii[k])
+    head_index = np.array(
+        (first + block_start + k, *np.unravel_index(int(np.argmax(per_slice[k])), window.shape[1:])), dtype=np.float64
+    )
     head = _apply(to_lps, head_index)
 
     shaft = _fit_shaft(mask, to_lps, spacing, head_index, radius, int(occupied[0]), top, config)

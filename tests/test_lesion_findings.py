@@ -149,6 +149,21 @@ def test_same_femur_in_a_feet_first_flipped_grid_gives_the_same_findings():
     assert np.allclose(hfs.landmarks.head_centre_mm, ffs.landmarks.head_centre_mm)
 
 
+def test_the_head_is_found_above_a_trochanteric_region_wider_than_it():
+    # A trochanteric region (here a ball of radius 14 mm on the shaft, 50 mm below the head's centre) can
+    # hold a larger inscribed sphere than the head (12 mm): the head is still the sphere at the top.
+    grid = hfs_grid((-50.0, -20.0, -3.0), (20.0, 20.0, 126.0))
+    p = _positions(grid)
+    femur = femur_mask(p) | _ball(p, (0.0, 0.0, 60.0), 14.0)
+    lesion = _ball(p, LESION_SITES["neck"][0], 3.0)
+    result = femur_findings(side="left", femur_mask=femur, lesion_mask=lesion, grid=grid)
+
+    assert result.proximal_femur_in_view
+    assert np.allclose(result.landmarks.head_centre_mm, HEAD, atol=1.0)
+    assert 12.0 <= result.landmarks.head_radius_mm <= 13.0
+    assert [lesion.location for lesion in result.lesions] == ["neck"]
+
+
 def test_proximal_femur_out_of_view_gives_unknown_sites():
     # Only the shaft: the femur runs through the top of the image.
     lo, hi = (-12.0, -12.0, 10.0), (12.0, 12.0, 60.0)
