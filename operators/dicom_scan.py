@@ -36,12 +36,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from operators.dicom_header import (
+    header_value,
     plain_decimal_strings,
     plain_integer_string,
+    plain_or_value,
     plain_uid,
     plain_unsigned_short,
-    header_value,
-    plain_or_value,
     read_header,
     tag_for,
 )

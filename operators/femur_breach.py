@@ -491,10 +491,8 @@ def _lesion_cavities_of_section(
             lined = ndi.binary_dilation(section & (smooth >= dense_cortex_hu), structure=reach)
         if float((wall & ~lined).sum()) / float(wall.sum()) < _CAVITY_MIN_UNLINED:
             continue
-        found |= piece
-    if not found.any():
-        return None
-    return found if blocked is None else found & ~blocked
+        found |= piece  # no pixel of another bone: a piece touching one was skipped above
+    return found if found.any() else None
 
 
 def _cortex_levels(femur: np.ndarray, image: np.ndarray, convex_range: tuple[int, int]) -> dict[str, float]:

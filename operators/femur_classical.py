@@ -950,23 +950,15 @@ def _refine(
     first, last = coarse.shafts[fid]
     top = int(round((head.centre_mm[0] - 20.0) / spacing[0])) if head is not None else last + int(60.0 / spacing[0])
     z_off = fine_box[0].start
+    rebuild_range = (first - z_off, top - z_off)
+    shaft_range = (first - z_off, last + 1 - z_off)
     femur = repair_cortical_breaches(
-        femur,
-        spacing=spacing,
-        z_range=(first - z_off, top - z_off),
-        convex_range=(first - z_off, last + 1 - z_off),
-        blocked=other,
-        image=sub,
+        femur, spacing=spacing, z_range=rebuild_range, convex_range=shaft_range, blocked=other, image=sub
     )
     # Lesions that open into a concave stretch of the outline (the notch beside the lesser trochanter)
     # leave a cross-section that is not judged breached: fill their cavities.
     femur = fill_lesion_cavities(
-        femur,
-        spacing=spacing,
-        z_range=(first - z_off, top - z_off),
-        image=sub,
-        convex_range=(first - z_off, last + 1 - z_off),
-        blocked=other,
+        femur, spacing=spacing, z_range=rebuild_range, image=sub, convex_range=shaft_range, blocked=other
     )
     femur = _fill_holes_walled_with(femur, other)
     femur = fill_holes(femur)
