@@ -344,7 +344,10 @@ def repair_cortical_breaches(
 _CAVITY_MIN_DEPTH_MM = 6.0
 #: ...at least this deep for the width of its mouth (a normal notch of the femur is shallower: the
 #: deepest seen on normal synthetic femurs was 0.6 of its mouth at >= 6 mm)...
-_CAVITY_MIN_DEPTH_TO_MOUTH = 0.7
+CAVITY_MIN_DEPTH_TO_MOUTH = 0.7
+#: ...or this, between the neck and the top of the greater trochanter: a lesion that destroyed the
+#: trochanter's lateral wall leaves a bay 15 mm deep behind a 50-60 mm mouth there.
+TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH = 0.2
 #: ...and at least this fraction of its wall is not lined with cortex.
 _CAVITY_MIN_UNLINED = 0.5
 #: Concavities smaller than this (mm^2) are outline noise, never judged.
@@ -363,14 +366,16 @@ def fill_lesion_cavities(
     convex_range: tuple[int, int],
     blocked: np.ndarray | None = None,
     cortex_depth_mm: float = 2.5,
+    min_depth_to_mouth: float = CAVITY_MIN_DEPTH_TO_MOUTH,
 ) -> np.ndarray:
     """Fill the cavities a lesion leaves where it opens through the cortex into a concave outline.
 
     In each cross-section of ``z_range`` the concavities of the outline (convex hull minus
     cross-section, 8-connected pieces) are judged. One is a lesion cavity, and is filled, when
 
-    * it is at least 6 mm deep (distance from the hull's edge) and at least 0.7 times as deep as its
-      mouth (its pixels on the hull's edge) is wide: a normal notch or groove is shallow for its width;
+    * it is at least 6 mm deep (distance from the hull's edge) and at least ``min_depth_to_mouth`` (0.7)
+      times as deep as its mouth (its pixels on the hull's edge) is wide: a normal notch or groove of
+      the shaft is shallow for its width;
     * at least half of its wall (the cross-section's pixels beside it) has no cortex within
       ``cortex_depth_mm``: the edge a lesion leaves is cancellous bone, a normal notch is lined with
       cortex. Cortex is the smoothed CT at the dense-cortex level of :func:`_cortex_levels` (700 HU for
@@ -394,6 +399,11 @@ def fill_lesion_cavities(
         bool, same shape: voxels of other bones, never added.
     cortex_depth_mm:
         How far inside a wall pixel cortex may lie for the wall to count as lined (mm).
+    min_depth_to_mouth:
+        Smallest depth of a filled cavity for the width of its mouth. Where the outline is that of the
+        neck and the top of the greater trochanter, a lesion that destroyed the trochanter's wall
+        leaves a wide bay, not a deep pit: there :data:`TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH`, and the
+        lining test alone tells it from the normal notches, which are lined with cortex.
 
     Returns
     -------
@@ -425,6 +435,7 @@ def fill_lesion_cavities(
             plane=plane,
             dense_cortex_hu=dense_hu,
             cortex_depth_mm=cortex_depth_mm,
+            min_depth_to_mouth=min_depth_to_mouth,
         )
         if cavities is not None:
             out[z][box] |= cavities
@@ -441,6 +452,7 @@ def _lesion_cavities_of_section(
     plane: tuple[float, float],
     dense_cortex_hu: float,
     cortex_depth_mm: float,
+    min_depth_to_mouth: float,
 ) -> np.ndarray | None:
     """The lesion cavities of one cross-section (see :func:`fill_lesion_cavities`), or None if it has none.
 
@@ -477,7 +489,7 @@ def _lesion_cavities_of_section(
             dy = (mouth_y[:, None] - mouth_y[None, :]) * plane[0]
             dx = (mouth_x[:, None] - mouth_x[None, :]) * plane[1]
             mouth_mm += float(np.hypot(dy, dx).max())
-        if deepest < _CAVITY_MIN_DEPTH_TO_MOUTH * mouth_mm:
+        if deepest < min_depth_to_mouth * mouth_mm:
             continue
         around = ndi.binary_dilation(piece, structure=eight)
         if blocked is not None and (around & blocked).any():

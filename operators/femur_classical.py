@@ -25,8 +25,9 @@ Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`
    resolution, and the result is closed and filled slice by slice and in 3D so that marrow, cancellous
    bone, cysts and lytic lesions, also where they break the cortex, belong to the femur. Cross-sections
    a lesion has broken open are rebuilt from the intact ones above and below, and a lesion that opens
-   into a concave stretch of the outline (deep for its mouth, walled by cancellous bone, not cortex)
-   has its cavity filled (:mod:`operators.femur_breach`); holes walled by the femur together with a neighbouring bone (a
+   into a concave stretch of the outline (deep for its mouth, walled by cancellous bone, not cortex;
+   up to the head's centre, where a destroyed greater trochanter leaves a wide bay, any depth from 0.2
+   of its mouth) has its cavity filled (:mod:`operators.femur_breach`); holes walled by the femur together with a neighbouring bone (a
    stretch of the neck's cortex the watershed gave to the ischium) go to the femur when most of their
    wall is the femur's.
 
@@ -47,7 +48,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from operators.binary_morphology import fill_holes
-from operators.femur_breach import fill_lesion_cavities, repair_cortical_breaches
+from operators.femur_breach import TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH, fill_lesion_cavities, repair_cortical_breaches
 from operators.femur_geometry import Box, CanonicalView, box_from_mask, enlarge_box
 from operators.femur_hip import HeadSphere, fit_head_sphere, head_candidates, sphere_markers
 from operators.femur_shafts import ShaftCriteria, ShaftTrack, choose_femur_tracks, find_shaft_tracks
@@ -960,6 +961,14 @@ def _refine(
     femur = fill_lesion_cavities(
         femur, spacing=spacing, z_range=rebuild_range, image=sub, convex_range=shaft_range, blocked=other
     )
+    if head is not None:
+        # Above the rebuild, up to the head's centre, the cross-section is the neck and the top of the
+        # greater trochanter. A lesion that destroyed the trochanter's wall leaves a wide, unlined bay there.
+        centre = int(round(head.centre_mm[0] / spacing[0]))
+        femur = fill_lesion_cavities(
+            femur, spacing=spacing, z_range=(top - z_off, centre - z_off), image=sub, convex_range=shaft_range,
+            blocked=other, min_depth_to_mouth=TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH,
+        )
     femur = _fill_holes_walled_with(femur, other)
     femur = fill_holes(femur)
     # Keep the pieces that hold a shaft-run core or the head: what the edge threshold cut loose from

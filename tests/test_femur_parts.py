@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from operators.femur_breach import _convex_hull, _cortex_levels, fill_lesion_cavities, repair_cortical_breaches
+from operators.femur_breach import (
+    TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH,
+    _convex_hull,
+    _cortex_levels,
+    fill_lesion_cavities,
+    repair_cortical_breaches,
+)
 from operators.femur_classical import _OTHER, ClassicalSegmenterConfig, _coarse_labels, _find_head, block_mean
 from operators.femur_hip import fit_head_sphere, head_candidates, sphere_markers
 from operators.femur_shafts import _IN_PLANE_8, ShaftCriteria, ShaftTrack, choose_femur_tracks, find_shaft_tracks
@@ -357,6 +363,25 @@ def test_a_normal_concavity_of_the_outline_is_left_open(case, centre_mm, radius_
     femur, image, spacing, cavity = _bone_with_a_cavity(centre_mm, radius_mm, lined)
     filled = fill_lesion_cavities(femur, spacing=spacing, z_range=(0, 5), image=image, convex_range=(0, 5))
     np.testing.assert_array_equal(filled, femur, err_msg=case)
+
+
+def test_a_wide_unlined_bay_is_filled_where_the_top_of_the_trochanter_is_judged():
+    # What a lesion leaves of the greater trochanter's wall: a bay 6.5 mm deep behind a 21 mm mouth,
+    # walled by cancellous bone. Too shallow for its mouth along the shaft; filled with the trochanteric
+    # ratio. Lined with cortex, the same bay is a normal notch and stays open with either.
+    femur, image, spacing, cavity = _bone_with_a_cavity(16.0, 12.0, lined=False)
+    trochanteric = dict(spacing=spacing, z_range=(0, 5), image=image, convex_range=(0, 5),
+                        min_depth_to_mouth=TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH)
+    np.testing.assert_array_equal(
+        fill_lesion_cavities(femur, spacing=spacing, z_range=(0, 5), image=image, convex_range=(0, 5)), femur
+    )
+    filled = fill_lesion_cavities(femur, **trochanteric)
+    hull = _convex_hull(femur[0])
+    assert filled[:, cavity & hull].all()
+    assert not (filled & ~hull[None]).any()
+    lined_femur, lined_image, _, _ = _bone_with_a_cavity(16.0, 12.0, lined=True)
+    trochanteric["image"] = lined_image
+    np.testing.assert_array_equal(fill_lesion_cavities(lined_femur, **trochanteric), lined_femur)
 
 
 def test_a_cavity_against_another_bone_is_left_open():
