@@ -27,9 +27,9 @@ Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`
    a lesion has broken open are rebuilt from the intact ones above and below, and a lesion that opens
    into a concave stretch of the outline (deep for its mouth, walled by cancellous bone, not cortex;
    up to the head's centre, where a destroyed greater trochanter leaves a wide bay, any depth from 0.2
-   of its mouth) has its cavity filled (:mod:`operators.femur_breach`); holes walled by the femur together with a neighbouring bone (a
-   stretch of the neck's cortex the watershed gave to the ischium) go to the femur when most of their
-   wall is the femur's.
+   of its mouth) has its cavity filled (:mod:`operators.femur_breach`); holes walled by the femur
+   together with a neighbouring bone (a stretch of the neck's cortex the watershed gave to the ischium)
+   go to the femur when most of their wall is the femur's.
 
 Metal (implants) is bone-bright: it belongs to the femur it sits in; its streaks are thin and are
 removed by a small opening near metal before the fine watershed.
