@@ -61,15 +61,20 @@ def _with_cyst(lesion_model: Path) -> bool:  # noqa: F811
     return "cyst" in labels
 
 
-def _infer(server: LabelServer, image: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """/infer as the OHIF panel asks (output=image, .nrrd), then the JSON; label array (z, y, x) and affine."""
+def _infer_label(server: LabelServer, image: str) -> tuple[np.ndarray, np.ndarray]:
+    """/infer as the OHIF panel asks (output=image, .nrrd): label array (z, y, x) and its affine."""
     response = server.post(f"/infer/femur_lesion?image={image}&output=image",
                            data={"params": json.dumps({"result_extension": ".nrrd"})})
     path = Path(server.log).parent / f"{image}.nrrd"
     path.write_bytes(response.content)
     volume = read_volume(path)
-    params = server.post(f"/infer/femur_lesion?image={image}&output=json").json()
-    return np.asarray(volume.array), np.asarray(volume.affine), params
+    return np.asarray(volume.array), np.asarray(volume.affine)
+
+
+def _infer_params(server: LabelServer, image: str) -> dict:
+    """/infer's JSON answer (label names, model version). Each /infer runs the whole pipeline, so a test
+    asks only for what it checks."""
+    return server.post(f"/infer/femur_lesion?image={image}&output=json").json()
 
 
 def test_info_lists_the_model_and_its_labels(server: LabelServer, lesion_model: Path) -> None:  # noqa: F811
@@ -85,7 +90,8 @@ def test_info_lists_the_model_and_its_labels(server: LabelServer, lesion_model: 
 
 def test_infer_equals_the_deploy_pipeline_voxel_for_voxel(server: LabelServer, studies: Path,
                                                           cpu_model: LesionModel, tmp_path: Path) -> None:
-    labels, affine, params = _infer(server, "case-a")
+    labels, affine = _infer_label(server, "case-a")
+    params = _infer_params(server, "case-a")
     loaded = load_study(studies / "case-a")
     assert labels.dtype == np.uint8 and labels.shape == loaded.volume.spatial_shape
     np.testing.assert_allclose(affine, loaded.volume.affine, atol=1e-4)
@@ -148,7 +154,7 @@ def test_uncertainty_strategy_returns_the_most_uncertain_study(server: LabelServ
 
 def test_saved_label_then_training_publishes_a_version_the_next_infer_uses(
         server: LabelServer, studies: Path) -> None:
-    labels, affine, _ = _infer(server, "case-b")
+    labels, _ = _infer_label(server, "case-b")
     path = Path(server.log).parent / "case-b-final.nrrd"
     shutil.copy(Path(server.log).parent / "case-b.nrrd", path)
     with open(path, "rb") as handle:
@@ -166,6 +172,6 @@ def test_saved_label_then_training_publishes_a_version_the_next_infer_uses(
     assert info["model_versions"] == {"current": "0002", "previous": "0001", "all": ["0001", "0002"]}
     assert (Path(server.store) / "versions" / "0001" / "plans.json").is_file()  # kept for rollback
 
-    _, _, params = _infer(server, "case-c")
+    params = _infer_params(server, "case-c")
     assert params["model"]["store_version"] == "0002"
     assert params["model"]["version"].endswith("+label.0002")
