@@ -6,8 +6,7 @@ Fine-tuning must keep the network the weights belong to, so :func:`fine_tune`:
 1. links the raw dataset into the workspace and extracts nnU-Net's fingerprint (its integrity check);
 2. installs the base model's ``plans.json`` as the dataset's plans, under its own plans identifier, with
    a short training schedule (read by :class:`lesion_training.trainers.nnUNetTrainerFemur`);
-3. preprocesses the dataset with those plans (same target spacing, normalisation and patch); steps 1-3
-   run in a fresh interpreter, like the training, so that a server's process never starts nnU-Net's pools;
+3. preprocesses the dataset with those plans (same target spacing, normalisation and patch);
 4. trains fold ``all`` with nnU-Net's ``run_training -pretrained_weights`` from one of the base model's
    folds (nnU-Net's own fine-tuning: every weight but the 1x1 output layer is transferred);
 5. exports the slim model folder (:func:`lesion_training.export.export_model`).
@@ -22,18 +21,15 @@ import copy
 import json
 import logging
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from operators.errors import TrainingDataError, TrainingRunError
+from operators.errors import TrainingDataError
 from lesion_training.configurations import NNUNET_CONFIGURATION, SCHEDULE_KEY, SMALL, TrainingConfiguration
 from lesion_training.export import CHECKPOINT, ExportedModel, export_model
 from lesion_training.nnunet_workspace import NnUNetWorkspace
-from lesion_training.train import resolve_dataset, resolve_training_device, train_fold
+from lesion_training.train import resolve_dataset, resolve_training_device, run_nnunet_step, train_fold
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +122,17 @@ def fine_tune(
     if labels != base_labels:
         raise TrainingDataError(f"dataset {dataset_name} has labels {labels}, the base model {base_labels}")
     configuration = _configuration(base_plans, schedule)
+    # nnU-Net's steps in fresh interpreters (see run_nnunet_step): in a server's process their pools
+    # either hang or start a dozen copies of the server.
+    run_nnunet_step(ws, "fingerprint", dataset_name, num_processes=num_processes, arguments=["check"])
     plans = _plans_for(base_plans, dataset_name, configuration, schedule)
-    _preprocess(ws, dataset_name, plans, configuration.plans_identifier, num_processes=num_processes)
+    plans_file = ws.preprocessed / dataset_name / f"{configuration.plans_identifier}.json"
+    plans_file.write_text(json.dumps(plans, indent=4) + "\n", encoding="utf-8")
+    # nnU-Net's planner puts dataset.json beside the plans and preprocessing reads it from there;
+    # fine-tuning keeps the base model's plans and skips the planner, so it copies the file itself.
+    shutil.copyfile(ws.raw / dataset_name / "dataset.json", ws.preprocessed / dataset_name / "dataset.json")
+    run_nnunet_step(ws, "preprocess", dataset_name, num_processes=num_processes,
+                    arguments=[configuration.plans_identifier])
     logger.info("fine-tuning %s from %s (%s) on %s: %d epochs x %d iterations", dataset_name, base.name,
                 checkpoint.parent.name, torch_device, schedule.num_epochs, schedule.iterations_per_epoch)
     # No end-of-training validation: for fold "all" it would only predict the training cases again.
@@ -183,52 +188,3 @@ def _read_json(path: Path) -> dict:
     except (OSError, json.JSONDecodeError):
         return {}
 
-
-#: The program :func:`_preprocess` runs: :func:`preprocess_main` in a fresh interpreter.
-_PREPROCESS_PROGRAM = "import sys; from lesion_training.finetune import preprocess_main; preprocess_main(sys.argv[1:])"
-
-
-def _preprocess(ws: NnUNetWorkspace, dataset_name: str, plans: dict, plans_identifier: str, *,
-                num_processes: int) -> None:
-    """nnU-Net's fingerprint (with its integrity check) and preprocessing with ``plans``, in a subprocess.
-
-    Fine-tuning runs inside servers (the annotation server) whose process already runs threads and
-    was started from a heavy main module. nnU-Net's pools there either hang (a child forked while
-    another thread holds a lock waits for it forever) or, started with "spawn", each of their workers
-    (a dozen for listing the image files alone) imports the server's main module again: minutes on a
-    small machine before a training of seconds. A fresh interpreter has neither problem.
-    """
-    plans_file = ws.root / f"{plans_identifier}.pending.json"
-    plans_file.parent.mkdir(parents=True, exist_ok=True)
-    plans_file.write_text(json.dumps(plans, indent=4) + "\n", encoding="utf-8")
-    command = [sys.executable, "-c", _PREPROCESS_PROGRAM, dataset_name, str(plans_file), plans_identifier,
-               str(num_processes)]
-    started = time.monotonic()
-    sys.stdout.flush()
-    completed = subprocess.run(command, env=ws.environment(worker_processes=num_processes), check=False)
-    plans_file.unlink(missing_ok=True)
-    if completed.returncode != 0:
-        raise TrainingRunError(f"nnU-Net fingerprint or preprocessing of {dataset_name} failed with exit code "
-                               f"{completed.returncode} (its output is above)")
-    logger.info("%s fingerprinted and preprocessed in %.1f s", dataset_name, time.monotonic() - started)
-
-
-def preprocess_main(argv: Sequence[str]) -> None:
-    """``dataset plans_file plans_identifier num_processes``: the nnU-Net steps of :func:`_preprocess`.
-
-    Runs in the process that calls it, with the workspace's nnU-Net variables already in its environment.
-    """
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, preprocess_dataset
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-
-    dataset_name, plans_file, plans_identifier, num_processes = argv
-    dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
-    extract_fingerprint_dataset(dataset_id, num_processes=int(num_processes), check_dataset_integrity=True,
-                                clean=True, verbose=False)
-    target = Path(nnUNet_preprocessed) / dataset_name
-    shutil.copyfile(plans_file, target / f"{plans_identifier}.json")
-    # nnU-Net's planner puts dataset.json beside the plans and preprocessing reads it from there;
-    # fine-tuning keeps the base model's plans and skips the planner, so it copies the file itself.
-    shutil.copyfile(Path(nnUNet_raw) / dataset_name / "dataset.json", target / "dataset.json")
-    preprocess_dataset(dataset_id, plans_identifier, configurations=(NNUNET_CONFIGURATION,),
-                       num_processes=(int(num_processes),), verbose=False)

@@ -14,18 +14,21 @@ Steps of :func:`train`:
    Dice over the whole dataset and the post-processing decision);
 6. export the slim model folder (:mod:`lesion_training.export`).
 
-Planning, preprocessing and evaluation run in this process with the workspace's variables set; each
-fold trains in a fresh interpreter, as ``nnUNetv2_train`` would, so that nnU-Net reads its
-process-count variables at import and a crashed fold cannot take the pipeline's state with it.
+Fingerprint, planning and preprocessing run in a fresh interpreter (:func:`run_nnunet_step`: their
+process pools are safe and cheap only there), and so does each fold, as ``nnUNetv2_train`` would, so
+that nnU-Net reads its process-count variables at import and a crashed fold cannot take the
+pipeline's state with it. Evaluation runs in this process with the workspace's variables set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -255,31 +258,19 @@ def plan_configuration(
     """Fingerprint the dataset, plan it with nnU-Net's ``ExperimentPlanner`` and apply the configuration.
 
     The planner runs at the configuration's target spacing (:func:`lesion_training.configurations.target_spacing`
-    of nnU-Net's own choice), so that nnU-Net derives everything that depends on spacing itself.
+    of nnU-Net's own choice), so that nnU-Net derives everything that depends on spacing itself. Runs in a
+    fresh interpreter (:func:`run_nnunet_step`).
 
     Returns
     -------
     dict
         The configuration's plans, also saved as ``nnUNet_preprocessed/<dataset>/<plans identifier>.json``.
     """
-    dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
     plans_file = workspace.preprocessed / dataset_name / f"{configuration.plans_identifier}.json"
-    with workspace.activate():
-        from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
-
-        try:
-            extract_fingerprint_dataset(dataset_id, num_processes=num_processes,
-                                        check_dataset_integrity=check_dataset_integrity, clean=True, verbose=False)
-        except (AssertionError, RuntimeError) as error:
-            raise TrainingDataError(f"nnU-Net's check of {dataset_name} failed: {_first_line(error)}") from error
-        default_spacing = ExperimentPlanner(dataset_id).determine_fullres_target_spacing()
-        planner = ExperimentPlanner(
-            dataset_id, plans_name=configuration.plans_identifier,
-            overwrite_target_spacing=[float(s) for s in target_spacing(default_spacing, configuration)],
-        )
-        plans = apply_configuration(planner.plan_experiment(), configuration)
-    plans_file.write_text(json.dumps(plans, indent=4) + "\n", encoding="utf-8")
+    run_nnunet_step(workspace, "plan", dataset_name, num_processes=num_processes,
+                    arguments=["check" if check_dataset_integrity else "no-check",
+                               json.dumps(dataclasses.asdict(configuration))])
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
     fullres = plans["configurations"][NNUNET_CONFIGURATION]
     logger.info("plans %s: spacing %s mm, patch %s, features %s, batch %d (nnU-Net axis order %s)",
                 plans_file.name, fullres["spacing"], fullres["patch_size"],
@@ -302,20 +293,112 @@ def plan_and_preprocess(
     Path
         The configuration's plans file ``nnUNet_preprocessed/<dataset>/<plans identifier>.json``.
     """
-    dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
     t0 = time.monotonic()
     plan_configuration(workspace, dataset_name, configuration, num_processes=num_processes)
     t1 = time.monotonic()
-    with workspace.activate():
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
-
-        try:
-            preprocess_dataset(dataset_id, configuration.plans_identifier, configurations=(NNUNET_CONFIGURATION,),
-                               num_processes=(num_processes,), verbose=False)
-        except (AssertionError, RuntimeError, OSError) as error:
-            raise TrainingRunError(f"nnU-Net preprocessing of {dataset_name} failed: {_first_line(error)}") from error
+    run_nnunet_step(workspace, "preprocess", dataset_name, num_processes=num_processes,
+                    arguments=[configuration.plans_identifier])
     logger.info("planning %.1f s, preprocessing %.1f s", t1 - t0, time.monotonic() - t1)
     return workspace.preprocessed / dataset_name / f"{configuration.plans_identifier}.json"
+
+
+#: The steps :func:`run_nnunet_step` runs, and what their failure is called.
+NNUNET_STEPS = {"fingerprint": "check", "plan": "check", "preprocess": "preprocessing"}
+#: The program :func:`run_nnunet_step` runs: :func:`nnunet_step_main` in a fresh interpreter.
+_NNUNET_STEP_PROGRAM = "import sys; from lesion_training.train import nnunet_step_main; nnunet_step_main(sys.argv[1:])"
+#: Exit status of :func:`nnunet_step_main` when nnU-Net rejected the dataset or failed (message in a file).
+_STEP_FAILED = 3
+
+
+def run_nnunet_step(workspace: NnUNetWorkspace, step: str, dataset_name: str, *, num_processes: int,
+                    arguments: Sequence[str] = ()) -> None:
+    """Run one of nnU-Net's dataset steps in a fresh interpreter with the workspace's variables.
+
+    ``step`` is ``"fingerprint"`` (fingerprint and integrity check; ``arguments``: ``check`` or ``no-check``),
+    ``"plan"`` (the fingerprint, then planning at the configuration's target spacing; ``arguments``: the
+    check flag and the :class:`TrainingConfiguration` as JSON) or ``"preprocess"`` (``3d_fullres``;
+    ``arguments``: the plans identifier).
+
+    Why a fresh interpreter: nnU-Net's fingerprint, planner and preprocessing open process pools (a
+    dozen workers only to list the image files). In a process that runs threads (a server, a test
+    session) a forked worker can wait forever on a lock held by a thread it does not have, and a
+    spawned worker imports the calling process's main module again (for the annotation server: monai,
+    torchvision and torch, for each of the dozen). A fresh interpreter has no threads, so its pools
+    fork cheaply and safely, as under ``nnUNetv2_plan_and_preprocess``.
+
+    Raises
+    ------
+    TrainingDataError
+        If nnU-Net's check rejects the dataset (fingerprint or plan).
+    TrainingRunError
+        If preprocessing fails, or the step fails in any other way (exit code; its output is above).
+    """
+    if step not in NNUNET_STEPS:
+        raise ValueError(f"unknown nnU-Net step {step!r}; choose one of {sorted(NNUNET_STEPS)}")
+    with tempfile.TemporaryDirectory(prefix="nnunet-step-") as tmp:
+        message_file = Path(tmp) / "error.txt"
+        command = [sys.executable, "-c", _NNUNET_STEP_PROGRAM, step, dataset_name, str(num_processes),
+                   str(message_file), *arguments]
+        sys.stdout.flush()
+        completed = subprocess.run(command, env=workspace.environment(worker_processes=num_processes), check=False)
+        message = message_file.read_text(encoding="utf-8") if message_file.is_file() else None
+    if completed.returncode == 0:
+        return
+    if completed.returncode == _STEP_FAILED and message is not None:
+        if NNUNET_STEPS[step] == "check":
+            raise TrainingDataError(f"nnU-Net's check of {dataset_name} failed: {message}")
+        raise TrainingRunError(f"nnU-Net preprocessing of {dataset_name} failed: {message}")
+    raise TrainingRunError(f"nnU-Net's {step} step for {dataset_name} failed with exit code {completed.returncode} "
+                           "(its output is above)")
+
+
+def nnunet_step_main(argv: Sequence[str]) -> None:
+    """``step dataset num_processes message_file arguments...``: the nnU-Net step of :func:`run_nnunet_step`.
+
+    Runs in the process that calls it, with the workspace's nnU-Net variables already in its environment.
+    nnU-Net's rejection of the dataset (or a failed preprocessing) is written, one line, to
+    ``message_file`` and the process exits with status 3.
+    """
+    step, dataset_name, processes, message_file, *arguments = argv
+    dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
+    num_processes = int(processes)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, preprocess_dataset
+
+    expected: tuple[type[BaseException], ...] = (AssertionError, RuntimeError)
+    try:
+        if step in ("fingerprint", "plan"):
+            extract_fingerprint_dataset(dataset_id, num_processes=num_processes,
+                                        check_dataset_integrity=arguments[0] == "check", clean=True, verbose=False)
+        if step == "plan":
+            _plan(dataset_id, dataset_name, _configuration_from_json(arguments[1]))
+        elif step == "preprocess":
+            expected += (OSError,)
+            preprocess_dataset(dataset_id, arguments[0], configurations=(NNUNET_CONFIGURATION,),
+                               num_processes=(num_processes,), verbose=False)
+    except expected as error:
+        Path(message_file).write_text(_first_line(error), encoding="utf-8")
+        raise SystemExit(_STEP_FAILED) from error
+
+
+def _plan(dataset_id: int, dataset_name: str, configuration: TrainingConfiguration) -> None:
+    """nnU-Net's planner at the configuration's target spacing; the configuration's plans saved beside nnU-Net's."""
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    default_spacing = ExperimentPlanner(dataset_id).determine_fullres_target_spacing()
+    planner = ExperimentPlanner(
+        dataset_id, plans_name=configuration.plans_identifier,
+        overwrite_target_spacing=[float(s) for s in target_spacing(default_spacing, configuration)],
+    )
+    plans = apply_configuration(planner.plan_experiment(), configuration)
+    plans_file = Path(nnUNet_preprocessed) / dataset_name / f"{configuration.plans_identifier}.json"
+    plans_file.write_text(json.dumps(plans, indent=4) + "\n", encoding="utf-8")
+
+
+def _configuration_from_json(text: str) -> TrainingConfiguration:
+    """The :class:`TrainingConfiguration` that ``dataclasses.asdict`` wrote as JSON (lists back to tuples)."""
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in json.loads(text).items()}
+    return TrainingConfiguration(**fields)
 
 
 def train_fold(
