@@ -144,8 +144,12 @@ def _fit_joint(
     step = float(radii[1] - radii[0])
     w = max(1, int(round(_shoulder_mm(spacing) / step)))
     n = profile.size
-    left = np.array([profile[max(0, i - w):i + 1].max() for i in range(n)])  # max over [r - shoulder, r]
-    right = np.array([profile[i:i + w + 1].max() for i in range(n)])  # max over [r, r + shoulder]
+    # Running maxima over windows cut at the ends (padding with -inf keeps them cut).
+    edge = np.full(w, -np.inf, dtype=profile.dtype)
+    padded = np.concatenate([edge, profile, edge])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, w + 1)
+    left = windows[:n].max(axis=1)  # max over [r - shoulder, r]
+    right = windows[w:w + n].max(axis=1)  # max over [r, r + shoulder]
     depth = np.minimum(left, right) - profile
     sel = (radii >= radius_range_mm[0]) & (radii <= radius_range_mm[1] + 4.0)
     if not sel.any():
