@@ -9,7 +9,8 @@ waits until every job has ended. It reports:
 * studies per hour: studies done / seconds from the first job created to the last job finished x 3600;
 * peak resident memory of the gateway process (VmHWM, sampled until it stops) and of the application
   runs (the worker's samples, kept in each job's results);
-* jobs done and failed, attempts, and whether every study holds exactly one SEG and one SR.
+* jobs done and failed, attempts, and whether every study holds exactly one SEG and one SR;
+* every retried attempt with its reason, as the gateway logged it (a failed attempt, or a lease that ran out).
 
 The application is the real one by default (``python -m app`` on the shipped model, CPU, mirroring off:
 its preset costs ~10-20 s of imports and model per study on 2 cores); ``--app-command`` runs another
@@ -25,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -72,6 +74,7 @@ class LoadReport:
     cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     load_average: list[float] = field(default_factory=list)  # 1-minute load average, each minute of the run
     failures: list[str] = field(default_factory=list)
+    retries: list[str] = field(default_factory=list)  # the gateway's log line for each attempt made again
 
     @property
     def passed(self) -> bool:
@@ -102,6 +105,8 @@ class LoadReport:
             f"{'n/a' if self.app_seconds_median is None else f'{self.app_seconds_median:.1f} s'} |",
             f"| every study: one SEG and one SR | {'yes' if self.results_exactly_once else 'no'} |",
         ]
+        if self.retries:
+            lines += ["", "Attempts made again (the gateway's log):", *(f"- {line}" for line in self.retries)]
         if self.failures:
             lines += ["", "Failures:", *(f"- {line}" for line in self.failures)]
         return "\n".join(lines) + "\n"
@@ -215,6 +220,7 @@ def run_load_test(*, work: Path, studies: int, workers: int, app_command: Sequen
                     gateway.kill()
                     gateway.wait()
         report.gateway_peak_rss_mb = None if peak is None else round(peak, 1)
+        report.retries = retried_attempts(log_path)
         report.done = sum(j.state == "done" for j in jobs)
         report.failed = sum(j.state == "failed" for j in jobs)
         report.attempts = sum(j.attempts for j in jobs)
@@ -238,6 +244,19 @@ def run_load_test(*, work: Path, studies: int, workers: int, app_command: Sequen
                 report.failures.append(f"a study holds {len(held.get('SEG', []))} SEG and {len(held.get('SR', []))} SR")
         report.results_exactly_once = counts_ok and len(jobs) == studies
     return report
+
+
+#: The queue's log lines for an attempt that will be made again (gateway.jobs): a failed attempt, a lost lease.
+_RETRY_LINE = re.compile(r"attempt \d+ failed|lease of .* expired")
+
+
+def retried_attempts(log_path: Path) -> list[str]:
+    """The gateway log's lines (timestamp dropped) that report an attempt to be made again."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line.split(" ", 2)[-1] for line in lines if _RETRY_LINE.search(line)]
 
 
 def _write_config(path: Path, *, pacs: LocalOrthanc, model: Path, workers: int, app_command: Sequence[str],
