@@ -350,6 +350,12 @@ CAVITY_MIN_DEPTH_TO_MOUTH = 0.7
 TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH = 0.2
 #: ...and at least this fraction of its wall is not lined with cortex.
 _CAVITY_MIN_UNLINED = 0.5
+#: A shallower cavity (down to this depth for its mouth) is filled when at least this share of its wall is
+#: unlined: a lesion that destroyed the lateral wall of the greater trochanter below the neck leaves a bay
+#: 0.25-0.4 times as deep as its 20-45 mm mouth, walled by cancellous bone; the normal notches of the
+#: trochanteric region that shallow are lined with cortex (unlined share 0-0.3 on the standard studies).
+WIDE_BAY_MIN_DEPTH_TO_MOUTH = 0.2
+WIDE_BAY_MIN_UNLINED = 0.6
 #: Concavities smaller than this (mm^2) are outline noise, never judged.
 _CAVITY_MIN_AREA_MM2 = 15.0
 #: Gaussian smoothing (mm) of the CT before the lining test: a noisy voxel of dense cancellous bone
@@ -489,7 +495,9 @@ def _lesion_cavities_of_section(
             dy = (mouth_y[:, None] - mouth_y[None, :]) * plane[0]
             dx = (mouth_x[:, None] - mouth_x[None, :]) * plane[1]
             mouth_mm += float(np.hypot(dy, dx).max())
-        if deepest < min_depth_to_mouth * mouth_mm:
+        # A wide, shallow bay is judged by its lining alone, with a stricter share of unlined wall.
+        wide_bay = deepest < min_depth_to_mouth * mouth_mm
+        if wide_bay and deepest < WIDE_BAY_MIN_DEPTH_TO_MOUTH * mouth_mm:
             continue
         around = ndi.binary_dilation(piece, structure=eight)
         if blocked is not None and (around & blocked).any():
@@ -501,7 +509,8 @@ def _lesion_cavities_of_section(
             sigma = (_CAVITY_SMOOTHING_MM / plane[0], _CAVITY_SMOOTHING_MM / plane[1])
             smooth = ndi.gaussian_filter(image.astype(np.float32), sigma)
             lined = ndi.binary_dilation(section & (smooth >= dense_cortex_hu), structure=reach)
-        if float((wall & ~lined).sum()) / float(wall.sum()) < _CAVITY_MIN_UNLINED:
+        unlined = float((wall & ~lined).sum()) / float(wall.sum())
+        if unlined < (WIDE_BAY_MIN_UNLINED if wide_bay else _CAVITY_MIN_UNLINED):
             continue
         found |= piece  # no pixel of another bone: a piece touching one was skipped above
     return found if found.any() else None
