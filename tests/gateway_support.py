@@ -47,7 +47,9 @@ def send_study(pacs: LocalOrthanc, study: Path | Sequence[Path]) -> int:
     """C-STORE every file of a study folder (or these files) to Orthanc, as a modality would; returns the
     number sent."""
     files = sorted(p for p in study.rglob("*") if p.is_file()) if isinstance(study, Path) else list(study)
-    store = CStoreStore(host="127.0.0.1", port=pacs.dicom_port, aet=pacs.aet, calling_aet="CT_SCANNER")
+    # A local Orthanc answers in milliseconds; a response lost on the way is resent after 20 s, not 120 s.
+    store = CStoreStore(host="127.0.0.1", port=pacs.dicom_port, aet=pacs.aet, calling_aet="CT_SCANNER",
+                        timeout_s=20.0)
     return len(store.store("", files))
 
 
