@@ -386,6 +386,9 @@ def fill_lesion_cavities(
       ``cortex_depth_mm``: the edge a lesion leaves is cancellous bone, a normal notch is lined with
       cortex. Cortex is the smoothed CT at the dense-cortex level of :func:`_cortex_levels` (700 HU for
       a 1700 HU diaphysis, lower in faint bone);
+    * or, for a wide bay shallower than that (down to :data:`WIDE_BAY_MIN_DEPTH_TO_MOUTH` of its mouth),
+      at least :data:`WIDE_BAY_MIN_UNLINED` of its wall has no cortex: what a lesion leaves of a
+      destroyed trochanteric wall;
     * it does not touch ``blocked`` (another bone): a concavity against the acetabulum or a sliver of
       neighbouring bone is a joint, not a lesion.
 

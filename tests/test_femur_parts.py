@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from operators.femur_breach import (
+    CAVITY_MIN_DEPTH_TO_MOUTH,
     TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH,
     _convex_hull,
     _cortex_levels,
@@ -355,33 +356,30 @@ def test_a_lesion_cavity_opening_through_the_cortex_is_filled():
     ("case", "centre_mm", "radius_mm", "lined"),
     [
         ("notch lined with cortex", 11.0, 6.0, True),
-        ("wide bay, 6.5 mm deep but 21 mm wide at its mouth", 16.0, 12.0, False),
+        ("wide bay lined with cortex, 6.5 mm deep", 16.0, 12.0, True),
+        ("unlined bay only 4.5 mm deep", 18.0, 10.0, False),
         ("pit 5.5 mm deep and 7 mm wide", 13.0, 3.5, False),
     ],
 )
 def test_a_normal_concavity_of_the_outline_is_left_open(case, centre_mm, radius_mm, lined):
     femur, image, spacing, cavity = _bone_with_a_cavity(centre_mm, radius_mm, lined)
-    filled = fill_lesion_cavities(femur, spacing=spacing, z_range=(0, 5), image=image, convex_range=(0, 5))
-    np.testing.assert_array_equal(filled, femur, err_msg=case)
+    for ratio in (CAVITY_MIN_DEPTH_TO_MOUTH, TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH):
+        filled = fill_lesion_cavities(femur, spacing=spacing, z_range=(0, 5), image=image, convex_range=(0, 5),
+                                      min_depth_to_mouth=ratio)
+        np.testing.assert_array_equal(filled, femur, err_msg=case)
 
 
-def test_a_wide_unlined_bay_is_filled_where_the_top_of_the_trochanter_is_judged():
-    # What a lesion leaves of the greater trochanter's wall: a bay 6.5 mm deep behind a 21 mm mouth,
-    # walled by cancellous bone. Too shallow for its mouth along the shaft; filled with the trochanteric
-    # ratio. Lined with cortex, the same bay is a normal notch and stays open with either.
+def test_a_wide_unlined_bay_is_filled_along_the_shaft_and_below_the_head():
+    # What a lesion leaves of the greater trochanter's lateral wall: a bay 6.5 mm deep, about a fifth of
+    # its mouth, walled by cancellous bone. Far too shallow for the ratio of a pit; filled because no
+    # cortex lines it, with either ratio. Lined with cortex, the same bay is a normal notch (see above).
     femur, image, spacing, cavity = _bone_with_a_cavity(16.0, 12.0, lined=False)
-    trochanteric = dict(spacing=spacing, z_range=(0, 5), image=image, convex_range=(0, 5),
-                        min_depth_to_mouth=TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH)
-    np.testing.assert_array_equal(
-        fill_lesion_cavities(femur, spacing=spacing, z_range=(0, 5), image=image, convex_range=(0, 5)), femur
-    )
-    filled = fill_lesion_cavities(femur, **trochanteric)
     hull = _convex_hull(femur[0])
-    assert filled[:, cavity & hull].all()
-    assert not (filled & ~hull[None]).any()
-    lined_femur, lined_image, _, _ = _bone_with_a_cavity(16.0, 12.0, lined=True)
-    trochanteric["image"] = lined_image
-    np.testing.assert_array_equal(fill_lesion_cavities(lined_femur, **trochanteric), lined_femur)
+    for ratio in (CAVITY_MIN_DEPTH_TO_MOUTH, TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH):
+        filled = fill_lesion_cavities(femur, spacing=spacing, z_range=(0, 5), image=image, convex_range=(0, 5),
+                                      min_depth_to_mouth=ratio)
+        assert filled[:, cavity & hull].all()
+        assert not (filled & ~hull[None]).any()
 
 
 def test_a_cavity_against_another_bone_is_left_open():
