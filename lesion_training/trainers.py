@@ -5,7 +5,9 @@ iterations) and offers shorter variants only by epoch count. Here the schedule i
 configuration the model is trained with (key ``femur_training_schedule``, written by
 :func:`lesion_training.configurations.apply_configuration`), so one trainer serves the paper's GPU schedule
 and the short CPU one, and a trained model's plans.json documents how it was trained. Everything else
-(network, loss, optimiser, learning-rate schedule, augmentation, validation) is nnU-Net's own.
+(network, optimiser, learning-rate schedule, augmentation, validation) is nnU-Net's own, and the loss is
+nnU-Net's Dice + cross-entropy without the Dice smoothing term (nnU-Net's ``nnUNetTrainerDiceCELoss_noSmooth``;
+see :class:`nnUNetTrainerFemur` for why).
 
 Finding the class
     nnU-Net looks trainers up by name. Training runs with ``nnUNet_extTrainer`` pointing at a workspace
@@ -25,7 +27,7 @@ import time
 
 import numpy as np
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerDiceLoss import nnUNetTrainerDiceCELoss_noSmooth
 
 from lesion_training.configurations import SCHEDULE_KEY
 
@@ -33,8 +35,18 @@ from lesion_training.configurations import SCHEDULE_KEY
 _ETA_WINDOW = 5
 
 
-class nnUNetTrainerFemur(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming scheme for trainers)
-    """nnU-Net's default trainer; schedule from the plans, and a one-line progress report per epoch.
+class nnUNetTrainerFemur(nnUNetTrainerDiceCELoss_noSmooth):  # noqa: N801 (nnU-Net's naming scheme for trainers)
+    """nnU-Net's default trainer with its Dice + CE loss unsmoothed; schedule from the plans, and a one-line
+    progress report per epoch.
+
+    Why no smoothing: nnU-Net's soft Dice is ``(2 I + s) / (G + P + s)`` per class over the batch, with
+    ``s = 1e-5``. For a class absent from a batch (``I = G = 0``) that is ``s / (P + s)``, which tends to 1
+    as the predicted probability mass ``P`` of that class goes to zero: the loss rewards suppressing a class
+    wherever it is missing. Lesions are absent from many batches here (lesion-free femurs, a few small
+    lesions in a large crop) and cysts from most, and on a short CPU schedule training has collapsed into
+    that reward: the loss fell from about 0 to -0.3 within two epochs while the lesion pseudo-Dice dropped
+    to 0 and stayed there. With ``s = 0`` (nnU-Net's own ``nnUNetTrainerDiceCELoss_noSmooth``) an absent
+    class contributes 0 and no gradient; everything else is the default trainer's.
 
     The plans configuration may hold ``femur_training_schedule`` with ``num_epochs``,
     ``num_iterations_per_epoch`` and ``num_val_iterations_per_epoch``; missing keys keep nnU-Net's

@@ -92,3 +92,31 @@ def test_trainer_takes_its_schedule_from_the_plans(tmp_path: Path) -> None:
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (3, 7, 2)
     assert trainer.save_every == 1
     assert trainer.initial_lr == 1e-2  # everything else stays nnU-Net's
+
+
+def test_a_class_absent_from_the_batch_earns_no_dice_for_being_suppressed(tmp_path: Path) -> None:
+    # nnU-Net's default soft Dice, (2I + s) / (G + P + s) with s = 1e-5, scores an absent class (I = G = 0)
+    # near 1 once its predicted mass P is tiny: suppressing lesions everywhere pays. The trainer's Dice
+    # without smoothing scores it 0, so only the classes present count.
+    import torch
+
+    workspace = NnUNetWorkspace(tmp_path)
+    plans = {
+        "dataset_name": "Dataset999_Toy", "plans_name": "nnUNetPlans_femur_test", "label_manager": "LabelManager",
+        "configurations": {"3d_fullres": {"data_identifier": "x", "architecture": {}, "batch_dice": True}},
+        "continue_training": False,
+    }
+    with workspace.activate():
+        from lesion_training.trainers import nnUNetTrainerFemur
+
+        trainer = nnUNetTrainerFemur(plans, "3d_fullres", 0,
+                                     {"labels": {"background": 0, "lesion": 1, "cyst": 2}}, torch.device("cpu"))
+    trainer.enable_deep_supervision = False
+    dice = trainer._build_loss().dc
+    target = torch.zeros((2, 1, 8, 8, 8))
+    target[:, :, 2:5, 2:5, 2:5] = 1  # lesion in both cases of the batch, no cyst anywhere
+    logits = torch.full((2, 3, 8, 8, 8), -50.0)  # every class but the true one suppressed hard
+    logits.scatter_(1, target.long(), 50.0)
+    per_class_mean = float(dice(logits, target))
+    # Lesion Dice 1, cyst 0 (absent): mean 0.5, the loss -0.5; nnU-Net's default would give -1.0.
+    assert per_class_mean == pytest.approx(-0.5, abs=1e-3)
