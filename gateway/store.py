@@ -64,6 +64,12 @@ class StowStore:
         return {uid for uid in sop_instance_uids if self.client.has_instance(study_uid, uid)}
 
 
+#: Seconds a C-STORE to an Orthanc on the same machine may go unanswered before it is sent again: such a
+#: peer answers in milliseconds, so a lost response (see :class:`CStoreStore`) costs 20 s, not the 2 minutes
+#: a remote PACS is given.
+LOCAL_PEER_TIMEOUT_S = 20.0
+
+
 class _NoResponse(Exception):
     """A C-STORE request that got no response: the association timed out or was aborted."""
 

@@ -18,7 +18,7 @@ import pytest
 from gateway.jobs import Job, JobQueue
 from gateway.orthanc import OrthancClient
 from gateway.orthanc_server import DICOMWEB_PLUGIN, LocalOrthanc, orthanc_binary
-from gateway.store import CStoreStore
+from gateway.store import LOCAL_PEER_TIMEOUT_S, CStoreStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GATEWAY_AET = "FEMURGW"
@@ -47,9 +47,8 @@ def send_study(pacs: LocalOrthanc, study: Path | Sequence[Path]) -> int:
     """C-STORE every file of a study folder (or these files) to Orthanc, as a modality would; returns the
     number sent."""
     files = sorted(p for p in study.rglob("*") if p.is_file()) if isinstance(study, Path) else list(study)
-    # A local Orthanc answers in milliseconds; a response lost on the way is resent after 20 s, not 120 s.
     store = CStoreStore(host="127.0.0.1", port=pacs.dicom_port, aet=pacs.aet, calling_aet="CT_SCANNER",
-                        timeout_s=20.0)
+                        timeout_s=LOCAL_PEER_TIMEOUT_S)
     return len(store.store("", files))
 
 

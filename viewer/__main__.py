@@ -26,12 +26,11 @@ import pydicom
 
 from gateway.orthanc import PacsError
 from gateway.orthanc_server import LocalOrthanc, OrthancUnavailableError
-from gateway.store import CStoreStore
+from gateway.store import LOCAL_PEER_TIMEOUT_S, CStoreStore
 from viewer.ohif import ViewerNotInstalledError, ohif_dist, ohif_version
 from viewer.server import InvalidTokenError, Upstream, ViewerServer, read_token_file
 
 logger = logging.getLogger(__name__)
-_LOCAL_PACS_TIMEOUT_S = 20.0  # seconds a C-STORE to the demo's own Orthanc may take before it is sent again
 
 TOKEN_FILE_ENV = "FEMUR_VIEWER_TOKEN_FILE"
 
@@ -81,10 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         with LocalOrthanc(folder=pacs_folder) as pacs:
-            # Orthanc on this machine answers each C-STORE in milliseconds: a response lost on the way (see
-            # CStoreStore) is resent after 20 s rather than the 2 minutes a remote PACS is given.
             store = CStoreStore(host="127.0.0.1", port=pacs.dicom_port, aet=pacs.aet, calling_aet="FEMURDEMO",
-                                timeout_s=_LOCAL_PACS_TIMEOUT_S)
+                                timeout_s=LOCAL_PEER_TIMEOUT_S)
             store.store("", images + results)
             upstream = Upstream.from_url(pacs.dicomweb_url, username=pacs.username, password=pacs.password)
             with ViewerServer(upstream=upstream, dist=dist, port=args.port, token=token) as server:
