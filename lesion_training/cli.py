@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train.add_argument("--epochs", type=int,
                        help="train this many epochs instead of the configuration's (recorded in the plans)")
+    train.add_argument("--no-dice-smoothing", dest="dice_smoothing", action="store_false",
+                       help="soft Dice without nnU-Net's smoothing term (an absent class earns nothing; recorded "
+                            "in the plans); for cohorts where training collapses to predicting no lesion")
 
     curve = commands.add_parser("learning-curve",
                                 help="train on growing subsets of the femurs, validate all on the same held-out ones")
@@ -189,6 +192,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         configuration = configuration.replace(
             num_epochs=args.epochs, description=f"{configuration.description}; shortened to {args.epochs} epochs")
+    if not args.dice_smoothing:
+        configuration = configuration.replace(
+            dice_smoothing=False, description=f"{configuration.description}; Dice without smoothing")
     run = train(
         args.dataset, workspace=args.workspace, configuration=configuration, folds=args.folds,
         device=args.device, splits=args.splits, resume=args.resume, export=args.export, output=args.output,
@@ -288,4 +294,6 @@ def _recorded_command(args: argparse.Namespace) -> str:
         parts += ["--splits", args.splits.name]
     if args.epochs is not None:
         parts += ["--epochs", str(args.epochs)]
+    if not args.dice_smoothing:
+        parts.append("--no-dice-smoothing")
     return shlex.join(parts)

@@ -4,10 +4,11 @@ nnU-Net fixes the training schedule in the trainer class (1000 epochs of 250 ite
 iterations) and offers shorter variants only by epoch count. Here the schedule is part of the plans
 configuration the model is trained with (key ``femur_training_schedule``, written by
 :func:`lesion_training.configurations.apply_configuration`), so one trainer serves the paper's GPU schedule
-and the short CPU one, and a trained model's plans.json documents how it was trained. Everything else
-(network, optimiser, learning-rate schedule, augmentation, validation) is nnU-Net's own, and the loss is
-nnU-Net's Dice + cross-entropy without the Dice smoothing term (nnU-Net's ``nnUNetTrainerDiceCELoss_noSmooth``;
-see :class:`nnUNetTrainerFemur` for why).
+and the short CPU one, and a trained model's plans.json documents how it was trained. The same key may turn
+the Dice smoothing off (``"dice_smoothing": false``: the loss of nnU-Net's own
+``nnUNetTrainerDiceCELoss_noSmooth``; see
+:attr:`lesion_training.configurations.TrainingConfiguration.dice_smoothing`). Everything else (network,
+optimiser, learning-rate schedule, augmentation, validation, by default the loss) is nnU-Net's own.
 
 Finding the class
     nnU-Net looks trainers up by name. Training runs with ``nnUNet_extTrainer`` pointing at a workspace
@@ -27,6 +28,7 @@ import time
 
 import numpy as np
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerDiceLoss import nnUNetTrainerDiceCELoss_noSmooth
 
 from lesion_training.configurations import SCHEDULE_KEY
@@ -35,22 +37,15 @@ from lesion_training.configurations import SCHEDULE_KEY
 _ETA_WINDOW = 5
 
 
-class nnUNetTrainerFemur(nnUNetTrainerDiceCELoss_noSmooth):  # noqa: N801 (nnU-Net's naming scheme for trainers)
-    """nnU-Net's default trainer with its Dice + CE loss unsmoothed; schedule from the plans, and a one-line
-    progress report per epoch.
-
-    Why no smoothing: nnU-Net's soft Dice is ``(2 I + s) / (G + P + s)`` per class over the batch, with
-    ``s = 1e-5``. For a class absent from a batch (``I = G = 0``) that is ``s / (P + s)``, which tends to 1
-    as the predicted probability mass ``P`` of that class goes to zero: the loss rewards suppressing a class
-    wherever it is missing. Lesions are absent from many batches here (lesion-free femurs, a few small
-    lesions in a large crop) and cysts from most, and on a short CPU schedule training has collapsed into
-    that reward: the loss fell from about 0 to -0.3 within two epochs while the lesion pseudo-Dice dropped
-    to 0 and stayed there. With ``s = 0`` (nnU-Net's own ``nnUNetTrainerDiceCELoss_noSmooth``) an absent
-    class contributes 0 and no gradient; everything else is the default trainer's.
+class nnUNetTrainerFemur(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming scheme for trainers)
+    """nnU-Net's default trainer with its schedule (and optionally an unsmoothed Dice) from the plans, and a
+    one-line progress report per epoch.
 
     The plans configuration may hold ``femur_training_schedule`` with ``num_epochs``,
-    ``num_iterations_per_epoch`` and ``num_val_iterations_per_epoch``; missing keys keep nnU-Net's
-    defaults (1000, 250, 50).
+    ``num_iterations_per_epoch`` and ``num_val_iterations_per_epoch`` (missing keys keep nnU-Net's defaults:
+    1000, 250, 50) and ``dice_smoothing`` (missing: true, nnU-Net's loss; false: the loss of nnU-Net's
+    ``nnUNetTrainerDiceCELoss_noSmooth``, see
+    :attr:`lesion_training.configurations.TrainingConfiguration.dice_smoothing` for when that matters).
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -64,7 +59,14 @@ class nnUNetTrainerFemur(nnUNetTrainerDiceCELoss_noSmooth):  # noqa: N801 (nnU-N
         )
         # Short schedules would otherwise never write checkpoint_latest.pth to resume from.
         self.save_every = max(1, min(self.save_every, self.num_epochs // 10))
+        self.dice_smoothing = bool(schedule.get("dice_smoothing", True))
         self._epoch_durations: list[float] = []
+
+    def _build_loss(self):  # noqa: ANN202 (nnU-Net's signature)
+        if self.dice_smoothing:
+            return super()._build_loss()
+        # nnU-Net's own variant, called on this trainer: the same Dice + CE with smooth = 0.
+        return nnUNetTrainerDiceCELoss_noSmooth._build_loss(self)
 
     def on_epoch_end(self) -> None:
         epoch = self.current_epoch

@@ -88,7 +88,8 @@ def test_paper_configuration_reproduces_the_papers_network() -> None:
     assert bottleneck.tolist() == [12, 4, 6]
     assert len(arch["n_conv_per_stage"]) == 6 and len(arch["n_conv_per_stage_decoder"]) == 5
     assert fullres[SCHEDULE_KEY] == {"configuration": "paper", "num_epochs": 1000,
-                                     "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
+                                     "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50,
+                                     "dice_smoothing": True}
 
 
 @pytest.mark.parametrize("configuration", [PAPER, SMALL])
@@ -104,6 +105,14 @@ def test_the_small_configuration_computes_dice_over_the_batch_and_the_paper_keep
         planned["configurations"]["3d_fullres"]["batch_dice"] = nnunet_choice
         assert _fullres(apply_configuration(planned, SMALL))["batch_dice"] is True
         assert _fullres(apply_configuration(planned, PAPER))["batch_dice"] is nnunet_choice
+
+
+def test_the_plans_say_whether_the_dice_is_smoothed_and_both_configurations_keep_nnunets_loss() -> None:
+    planned = _planner_output([1.0, 0.85, 0.85], [420.0, 92.0, 110.0])
+    assert _fullres(apply_configuration(planned, PAPER))[SCHEDULE_KEY]["dice_smoothing"] is True
+    assert _fullres(apply_configuration(planned, SMALL))[SCHEDULE_KEY]["dice_smoothing"] is True
+    unsmoothed = apply_configuration(planned, SMALL.replace(dice_smoothing=False))
+    assert _fullres(unsmoothed)[SCHEDULE_KEY]["dice_smoothing"] is False
 
 
 def test_configuration_gets_its_own_plans_and_data_identifier_and_only_3d_fullres() -> None:

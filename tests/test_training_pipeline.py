@@ -14,6 +14,7 @@ import torch
 
 from operators.lesion_model import LesionModel, to_nnunet_input
 from lesion_training.cli import main
+from lesion_training.configurations import SCHEDULE_KEY
 from lesion_training.raw_dataset import patient_grouped_splits
 from lesion_training.toy_dataset import toy_femur_crop, write_toy_dataset
 from tests.training_support import smoke_small_configuration
@@ -34,7 +35,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with smoke_small_configuration():
         status = main(["train", "--dataset", str(dataset), "--config", "small", "--folds", "0", "1",
                        "--device", "cpu", "--workspace", str(root / "ws"), "--splits", str(splits_file),
-                       "--output", str(root / "model"), "--model-version", "0.0.1", "--num-processes", "1"])
+                       "--output", str(root / "model"), "--model-version", "0.0.1", "--num-processes", "1",
+                       "--no-dice-smoothing"])
     return {"status": status, "root": root, "model": root / "model", "splits": splits_file}
 
 
@@ -48,6 +50,7 @@ def test_training_exports_a_small_loadable_model(trained: dict) -> None:
     assert info["folds"] == [0, 1]
     assert "--workspace WORKSPACE" in info["training"]["command"]
     assert "/" not in info["training"]["command"], "model.json must not record local paths"
+    assert "--no-dice-smoothing" in info["training"]["command"]
     assert info["validation"]["cross_validation_dice"] is not None  # both folds trained: nnU-Net's CV ran
     assert (model / "postprocessing.pkl").is_file()
 
@@ -66,6 +69,7 @@ def test_training_used_the_configuration_and_split(trained: dict) -> None:
     assert plans["use_mask_for_norm"] == [True]
     assert plans["normalization_schemes"] == ["ZScoreNormalization"]
     assert plans["architecture"]["arch_kwargs"]["features_per_stage"][0] == 4
+    assert plans[SCHEDULE_KEY]["dice_smoothing"] is False  # --no-dice-smoothing, as the trainer reads it
 
     log = next((run / "fold_0").glob("training_log_*.txt")).read_text()
     assert "progress: epoch 2/2" in log and "ETA" in log and "pseudo Dice" in log

@@ -94,16 +94,20 @@ def test_trainer_takes_its_schedule_from_the_plans(tmp_path: Path) -> None:
     assert trainer.initial_lr == 1e-2  # everything else stays nnU-Net's
 
 
-def test_a_class_absent_from_the_batch_earns_no_dice_for_being_suppressed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dice_smoothing, expected", [(True, -1.0), (False, -0.5)])
+def test_without_dice_smoothing_a_class_absent_from_the_batch_earns_nothing(
+    tmp_path: Path, dice_smoothing: bool, expected: float
+) -> None:
     # nnU-Net's default soft Dice, (2I + s) / (G + P + s) with s = 1e-5, scores an absent class (I = G = 0)
-    # near 1 once its predicted mass P is tiny: suppressing lesions everywhere pays. The trainer's Dice
-    # without smoothing scores it 0, so only the classes present count.
+    # near 1 once its predicted mass P is tiny: suppressing lesions everywhere pays. Without smoothing
+    # (the plans' "dice_smoothing": false) it scores 0, so only the classes present count.
     import torch
 
     workspace = NnUNetWorkspace(tmp_path)
     plans = {
         "dataset_name": "Dataset999_Toy", "plans_name": "nnUNetPlans_femur_test", "label_manager": "LabelManager",
-        "configurations": {"3d_fullres": {"data_identifier": "x", "architecture": {}, "batch_dice": True}},
+        "configurations": {"3d_fullres": {"data_identifier": "x", "architecture": {}, "batch_dice": True,
+                                          SCHEDULE_KEY: {"dice_smoothing": dice_smoothing}}},
         "continue_training": False,
     }
     with workspace.activate():
@@ -118,5 +122,5 @@ def test_a_class_absent_from_the_batch_earns_no_dice_for_being_suppressed(tmp_pa
     logits = torch.full((2, 3, 8, 8, 8), -50.0)  # every class but the true one suppressed hard
     logits.scatter_(1, target.long(), 50.0)
     per_class_mean = float(dice(logits, target))
-    # Lesion Dice 1, cyst 0 (absent): mean 0.5, the loss -0.5; nnU-Net's default would give -1.0.
-    assert per_class_mean == pytest.approx(-0.5, abs=1e-3)
+    # Lesion Dice 1; cyst (absent) ~1 with smoothing, 0 without: the loss is minus their mean.
+    assert per_class_mean == pytest.approx(expected, abs=1e-3)
