@@ -72,23 +72,27 @@ def test_nnunet_finds_the_trainer_in_process_and_in_a_subprocess(tmp_path: Path)
     assert result.stdout.strip().splitlines()[-1] == "lesion_training.trainers"
 
 
-def test_trainer_takes_its_schedule_from_the_plans(tmp_path: Path) -> None:
+def _trainer(tmp_path: Path, fullres: dict, labels: dict[str, int]):  # noqa: ANN202 (nnU-Net's trainer type)
+    """nnUNetTrainerFemur on CPU for a toy plans whose 3d_fullres configuration holds ``fullres``."""
     import torch
 
     workspace = NnUNetWorkspace(tmp_path)
     plans = {
         "dataset_name": "Dataset999_Toy", "plans_name": "nnUNetPlans_femur_test", "label_manager": "LabelManager",
-        "configurations": {"3d_fullres": {
-            "data_identifier": "nnUNetPlans_femur_test_3d_fullres", "architecture": {},
-            SCHEDULE_KEY: {"num_epochs": 3, "num_iterations_per_epoch": 7, "num_val_iterations_per_epoch": 2},
-        }},
+        "configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_femur_test_3d_fullres",
+                                          "architecture": {}, **fullres}},
         "continue_training": False,
     }
     with workspace.activate():
         from lesion_training.trainers import nnUNetTrainerFemur
 
-        trainer = nnUNetTrainerFemur(plans, "3d_fullres", 0, {"labels": {"background": 0, "lesion": 1}},
-                                     torch.device("cpu"))
+        return nnUNetTrainerFemur(plans, "3d_fullres", 0, {"labels": labels}, torch.device("cpu"))
+
+
+def test_trainer_takes_its_schedule_from_the_plans(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, {SCHEDULE_KEY: {"num_epochs": 3, "num_iterations_per_epoch": 7,
+                                                 "num_val_iterations_per_epoch": 2}},
+                       {"background": 0, "lesion": 1})
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (3, 7, 2)
     assert trainer.save_every == 1
     assert trainer.initial_lr == 1e-2  # everything else stays nnU-Net's
@@ -103,18 +107,8 @@ def test_without_dice_smoothing_a_class_absent_from_the_batch_earns_nothing(
     # (the plans' "dice_smoothing": false) it scores 0, so only the classes present count.
     import torch
 
-    workspace = NnUNetWorkspace(tmp_path)
-    plans = {
-        "dataset_name": "Dataset999_Toy", "plans_name": "nnUNetPlans_femur_test", "label_manager": "LabelManager",
-        "configurations": {"3d_fullres": {"data_identifier": "x", "architecture": {}, "batch_dice": True,
-                                          SCHEDULE_KEY: {"dice_smoothing": dice_smoothing}}},
-        "continue_training": False,
-    }
-    with workspace.activate():
-        from lesion_training.trainers import nnUNetTrainerFemur
-
-        trainer = nnUNetTrainerFemur(plans, "3d_fullres", 0,
-                                     {"labels": {"background": 0, "lesion": 1, "cyst": 2}}, torch.device("cpu"))
+    trainer = _trainer(tmp_path, {"batch_dice": True, SCHEDULE_KEY: {"dice_smoothing": dice_smoothing}},
+                       {"background": 0, "lesion": 1, "cyst": 2})
     trainer.enable_deep_supervision = False
     dice = trainer._build_loss().dc
     target = torch.zeros((2, 1, 8, 8, 8))
