@@ -1,4 +1,4 @@
-"""Command line of the training pipeline: ``python -m lesion_training build-dataset|synthetic-dataset|train|export ...``.
+"""Command line of the training pipeline: ``python -m lesion_training build-dataset|synthetic-dataset|train|fine-tune|export ...``.
 
 Examples
 --------
@@ -29,6 +29,13 @@ patients), in a workspace of its own::
     python -m lesion_training learning-curve --dataset /data/Dataset501_FemurLesion --sizes 24 64 80 \\
         --config paper --device cuda --workspace ~/femur-nnunet-curve
 
+Continue training an exported model (the shipped one, or your own) on your own cases; the network and
+its plans stay the base model's, nnU-Net transfers every weight but the output layer::
+
+    python -m lesion_training fine-tune --dataset /data/Dataset501_FemurLesion \\
+        --base-model model/femur_lesion_nnunet --epochs 50 --workspace ~/femur-nnunet-tuned \\
+        --output ~/models/femur_lesion_tuned
+
 Check an installation end to end on a toy dataset (a few minutes on a laptop)::
 
     python -m lesion_training toy --output toy/Dataset999_Toy
@@ -48,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from operators.errors import FemurSegError
-from lesion_training.configurations import CONFIGURATIONS, get_configuration
+from lesion_training.configurations import CONFIGURATIONS, FineTuneSchedule, get_configuration
 
 if TYPE_CHECKING:
     from lesion_training.dataset_builder import BuiltDataset
@@ -80,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-dice-smoothing", dest="dice_smoothing", action="store_false",
                        help="soft Dice without nnU-Net's smoothing term (an absent class earns nothing; recorded "
                             "in the plans); for cohorts where training collapses to predicting no lesion")
+
+    tune = commands.add_parser("fine-tune", help="continue training an exported model on a dataset, keeping its plans")
+    tune.add_argument("--dataset", required=True,
+                      help="raw dataset folder DatasetXXX_Name (or its id/name in the workspace), with the base "
+                           "model's labels")
+    tune.add_argument("--base-model", required=True, type=Path,
+                      help="exported model folder to start from (plans.json, dataset.json, fold_*/checkpoint_final.pth)")
+    tune.add_argument("--workspace", required=True, type=Path, help="folder for nnU-Net's raw/preprocessed/results")
+    tune.add_argument("--output", required=True, type=Path, help="folder the fine-tuned model is exported to")
+    tune.add_argument("--epochs", type=int, default=FineTuneSchedule.num_epochs,
+                      help=f"epochs (default: {FineTuneSchedule.num_epochs})")
+    tune.add_argument("--iterations-per-epoch", type=int, default=FineTuneSchedule.iterations_per_epoch,
+                      help=f"training batches per epoch (default: {FineTuneSchedule.iterations_per_epoch})")
+    tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                      help="training device (default: auto = CUDA if available)")
+    tune.add_argument("--num-processes", type=int, default=1,
+                      help="worker processes for fingerprinting and preprocessing (default: 1)")
+    tune.add_argument("--model-name", help="model name for model.json (default: the base model's)")
+    tune.add_argument("--model-version", default="0.1.0", help="model version for model.json")
 
     curve = commands.add_parser("learning-curve",
                                 help="train on growing subsets of the femurs, validate all on the same held-out ones")
@@ -173,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _synthetic_dataset(args)
         if args.command == "learning-curve":
             return _learning_curve(args)
+        if args.command == "fine-tune":
+            return _fine_tune(args)
         return _export(args)
     except FemurSegError as error:
         logger.debug("failed", exc_info=True)
@@ -205,6 +233,28 @@ def _train(args: argparse.Namespace) -> int:
         print(f"model: {run.exported.folder} ({run.exported.size_bytes / 1e6:.1f} MB)")
     if run.cross_validation_dice is not None:
         print(f"cross-validation Dice (folds {' '.join(map(str, run.folds))}): {run.cross_validation_dice:.4f}")
+    return 0
+
+
+def _fine_tune(args: argparse.Namespace) -> int:
+    from lesion_training.finetune import fine_tune
+
+    schedule = FineTuneSchedule(num_epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch)
+    if args.num_processes < 1:
+        raise ValueError(f"--num-processes must be at least 1, got {args.num_processes}")
+    # Recorded in model.json: names, not local paths, so that the model can be published.
+    command = shlex.join([
+        "python", "-m", "lesion_training", "fine-tune", "--dataset", Path(str(args.dataset)).name,
+        "--base-model", args.base_model.name, "--epochs", str(schedule.num_epochs),
+        "--iterations-per-epoch", str(schedule.iterations_per_epoch), "--device", args.device,
+        "--workspace", "WORKSPACE", "--output", "OUTPUT",
+    ])
+    exported = fine_tune(
+        args.dataset, base_model=args.base_model, workspace=args.workspace, output=args.output, schedule=schedule,
+        device=args.device, model_name=args.model_name, model_version=args.model_version,
+        num_processes=args.num_processes, command=command,
+    )
+    print(f"model: {exported.folder} ({exported.size_bytes / 1e6:.1f} MB)")
     return 0
 
 

@@ -93,6 +93,21 @@ _MIN_FEATURE_MAP_EDGE = 4
 _CONVS_PER_STAGE = 2
 
 
+@dataclass(frozen=True)
+class FineTuneSchedule:
+    """How long a fine-tuning run (:func:`lesion_training.finetune.fine_tune`) trains: ``num_epochs`` x
+    ``iterations_per_epoch`` batches, plus ``val_iterations_per_epoch`` validation batches per epoch."""
+
+    num_epochs: int = 10
+    iterations_per_epoch: int = 25
+    val_iterations_per_epoch: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfiguration:
     """What a configuration changes in nnU-Net's generated plans, and its training schedule.

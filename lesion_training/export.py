@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -79,6 +79,7 @@ def export_model(
     model_name: str | None = None,
     model_version: str = "0.1.0",
     training_command: str | None = None,
+    fine_tuned_from: Mapping[str, Any] | None = None,
     training_device: str | None = None,
     cross_validation_dice: float | None = None,
 ) -> ExportedModel:
@@ -100,6 +101,9 @@ def export_model(
         Recorded in model.json (the name defaults to ``femur-lesion-<configuration>``).
     training_command, training_device : str, optional
         How it was trained, recorded in model.json.
+    fine_tuned_from : mapping, optional
+        The model the training started from (name, version, fold, its own training record), recorded in
+        model.json's ``training.fine_tuned_from``; None (recorded as null) for a model trained from scratch.
     cross_validation_dice : float, optional
         Mean foreground Dice of the complete cross-validation, recorded in model.json beside each
         exported fold's validation Dice.
@@ -153,6 +157,7 @@ def export_model(
             name=model_name or f"femur-lesion-{configuration.name}", version=model_version,
             command=training_command, device=training_device, cv_dice=cross_validation_dice,
             validation_dice=_validation_dice(source, fold_names), dataset_name=dataset_name,
+            fine_tuned_from=fine_tuned_from,
         )
         (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         _replace_folder(staging, destination)
@@ -195,6 +200,7 @@ def _model_json(
     cv_dice: float | None,
     validation_dice: dict[str, float | None],
     dataset_name: str,
+    fine_tuned_from: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     fullres = plans["configurations"][NNUNET_CONFIGURATION]
     backward = plans["transpose_backward"]
@@ -229,6 +235,7 @@ def _model_json(
             "dataset": dataset_name,
             "num_training_cases": dataset_json.get("numTraining"),
             "command": command,
+            "fine_tuned_from": dict(fine_tuned_from) if fine_tuned_from is not None else None,
             "device": device,
             "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "nnunetv2": _version("nnunetv2"),

@@ -22,11 +22,12 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from operators.errors import TrainingDataError
-from lesion_training.configurations import NNUNET_CONFIGURATION, SCHEDULE_KEY, SMALL, TrainingConfiguration
+from lesion_training.configurations import (
+    NNUNET_CONFIGURATION, SCHEDULE_KEY, SMALL, FineTuneSchedule, TrainingConfiguration,
+)
 from lesion_training.export import CHECKPOINT, ExportedModel, export_model
 from lesion_training.nnunet_workspace import NnUNetWorkspace
 from lesion_training.train import resolve_dataset, resolve_training_device, run_nnunet_step, train_fold
@@ -34,21 +35,6 @@ from lesion_training.train import resolve_dataset, resolve_training_device, run_
 logger = logging.getLogger(__name__)
 
 __all__ = ["FineTuneSchedule", "fine_tune", "base_checkpoint"]
-
-
-@dataclass(frozen=True)
-class FineTuneSchedule:
-    """How long a fine-tuning run trains: ``num_epochs`` x ``iterations_per_epoch`` batches, plus
-    ``val_iterations_per_epoch`` validation batches per epoch."""
-
-    num_epochs: int = 10
-    iterations_per_epoch: int = 25
-    val_iterations_per_epoch: int = 5
-
-    def __post_init__(self) -> None:
-        for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 def base_checkpoint(model_folder: Path) -> Path:
@@ -145,6 +131,9 @@ def fine_tune(
         training_command=command or f"fine-tuned from {base_info.get('name', base.name)} "
                                     f"{base_info.get('version', 'unversioned')} ({checkpoint.parent.name})",
         training_device=torch_device,
+        fine_tuned_from={"name": base_info.get("name", base.name), "version": base_info.get("version"),
+                         "fold": checkpoint.parent.name, "configuration": base_info.get("configuration"),
+                         "schedule": base_info.get("schedule"), "training": base_info.get("training")},
     )
     logger.info("fine-tuning done in %.1f min", (time.monotonic() - started) / 60)
     return exported

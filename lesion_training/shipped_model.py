@@ -12,6 +12,10 @@ Steps (each logged with its duration; a step whose output exists is reused with 
    without nnU-Net's final "validation", which for fold ``all`` only predicts the training cases again
    (tens of CPU minutes for a number that says nothing about generalisation);
 3. **export**: the slim model folder (:func:`lesion_training.export.export_model`: weights only, model.json);
+   with ``--continue-epochs`` this first-stage model goes into the workspace instead, and
+3b. **continue**: training goes on for ``--continue-epochs`` more epochs from the first stage's weights, by
+   :func:`lesion_training.finetune.fine_tune` on the same cohort (nnU-Net's fine-tuning: every weight but the
+   output layer carried over, a fresh learning-rate schedule), and that model is exported as the shipped one;
 4. **postprocessing**: the smallest lesion volume the model reports, chosen on other held-out standard
    studies (seeds 3000-3009) by :mod:`lesion_training.postprocessing_selection` and recorded in model.json;
 5. **evaluation**: held-out ``standard`` synthetic studies (seeds 2000-2009) go through the
@@ -45,8 +49,6 @@ import numpy as np
 from operators.errors import FemurSegError, TrainingRunError
 from lesion_training.configurations import (
     CONFIGURATIONS,
-    NNUNET_CONFIGURATION,
-    TRAINER_NAME,
     TrainingConfiguration,
     get_configuration,
 )
@@ -87,9 +89,13 @@ class Settings:
     mirroring: bool
     resume: bool
     steps: tuple[str, ...]
+    #: Epochs of the second stage (0: one stage); see the module's step 3b.
+    continue_epochs: int = 0
 
 
-STEPS = ("cohort", "prepare-evaluation", "train", "export", "postprocessing", "evaluate", "card")
+STEPS = ("cohort", "prepare-evaluation", "train", "export", "continue", "postprocessing", "evaluate", "card")
+#: Where the first-stage model is exported when training continues (``--continue-epochs``), in the workspace.
+FIRST_STAGE_FOLDER = "first_stage_model"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="held-out standard studies the post-processing is chosen on (default: %(default)s)")
     parser.add_argument("--config", default="small", help="training configuration (default: small)")
     parser.add_argument("--epochs", type=int, help="epochs instead of the configuration's")
+    parser.add_argument("--continue-epochs", type=int, default=0,
+                        help="then train this many more epochs from the first stage's weights, with a fresh "
+                             "learning-rate schedule (default: 0, one stage)")
     parser.add_argument("--workers", type=int, default=2, help="cohort worker processes (default: 2)")
     parser.add_argument("--no-mirroring", dest="mirroring", action="store_false",
                         help="evaluate without test-time mirroring (8x faster on a CPU)")
@@ -126,11 +135,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.epochs is not None:
         configuration = configuration.replace(
             num_epochs=args.epochs, description=f"{configuration.description}; {args.epochs} epochs instead")
+    if args.continue_epochs < 0:
+        print(f"error: --continue-epochs must be 0 or more, got {args.continue_epochs}", file=sys.stderr)
+        return 2
     settings = Settings(
         workspace=args.workspace.expanduser().resolve(), model_folder=args.model_folder, card=args.card,
         training_seeds=args.training_seeds, evaluation_seeds=args.evaluation_seeds,
         validation_seeds=args.validation_seeds, configuration=configuration,
         workers=args.workers, mirroring=args.mirroring, resume=args.resume, steps=tuple(args.steps),
+        continue_epochs=args.continue_epochs,
     )
     try:
         run(settings, command=_recorded_command(args))
@@ -173,13 +186,26 @@ def run(settings: Settings, *, command: str) -> None:
         t0 = time.monotonic()
         train_fold_all(workspace, settings.configuration, resume=settings.resume)
         timed("train", time.monotonic() - t0)
+    first_stage = settings.workspace / FIRST_STAGE_FOLDER if settings.continue_epochs else settings.model_folder
     if "export" in settings.steps:
         from lesion_training.export import export_model
 
         exported = export_model(
-            workspace, DATASET_NAME, settings.configuration, folds=("all",), output=settings.model_folder,
+            workspace, DATASET_NAME, settings.configuration, folds=("all",), output=first_stage,
             model_name=MODEL_NAME, model_version=MODEL_VERSION, training_command=command, training_device="cpu",
         )
+        logger.info("model folder %s: %.1f MB", exported.folder, exported.size_bytes / 1e6)
+    if "continue" in settings.steps and settings.continue_epochs:
+        from lesion_training.configurations import FineTuneSchedule
+        from lesion_training.finetune import fine_tune
+
+        t0 = time.monotonic()
+        exported = fine_tune(
+            dataset_folder, base_model=first_stage, workspace=workspace, output=settings.model_folder,
+            schedule=FineTuneSchedule(num_epochs=settings.continue_epochs), device="cpu", model_name=MODEL_NAME,
+            model_version=MODEL_VERSION, num_processes=max(1, min(8, os.cpu_count() or 1)), command=command,
+        )
+        timed("continue", time.monotonic() - t0)
         logger.info("model folder %s: %.1f MB", exported.folder, exported.size_bytes / 1e6)
     if "postprocessing" in settings.steps:
         t0 = time.monotonic()
@@ -464,10 +490,25 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
     """The model card's Markdown (``dataset_report``: the cohort's ``dataset_report.json``, optional)."""
     schedule = info.get("schedule") or {}
     training = info.get("training") or {}
+    # A model trained in two stages (--continue-epochs) records the first stage as the model it was fine-tuned from.
+    first_stage = training.get("fine_tuned_from") or {}
+    first_schedule = (first_stage.get("schedule") or {}) if first_stage else schedule
+    configuration_name = first_stage.get("configuration") if first_stage else info.get("configuration")
     folder = settings.model_folder.as_posix()
-    configured = CONFIGURATIONS.get(info.get("configuration", ""))
-    command = reproduce_command(command, schedule.get("num_epochs"),
-                                configured.num_epochs if configured is not None else None)
+    configured = CONFIGURATIONS.get(configuration_name or "")
+    default_epochs = configured.num_epochs if configured is not None else None
+    command = reproduce_command(command, first_schedule.get("num_epochs"), default_epochs,
+                                continue_epochs=schedule.get("num_epochs") if first_stage else None)
+    if first_stage:
+        schedule_text = (
+            f"{first_schedule.get('num_epochs')} epochs x {first_schedule.get('num_iterations_per_epoch')} iterations "
+            f"(batch 2), then {schedule.get('num_epochs')} epochs x {schedule.get('num_iterations_per_epoch')} more "
+            "from those weights (nnU-Net's fine-tuning: every weight but the output layer carried over, the learning "
+            f"rate restarted at 0.01 and decayed again), {schedule.get('num_val_iterations_per_epoch')} validation "
+            "iterations per epoch")
+    else:
+        schedule_text = (f"{schedule.get('num_epochs')} epochs x {schedule.get('num_iterations_per_epoch')} iterations "
+                         f"(batch 2), {schedule.get('num_val_iterations_per_epoch')} validation iterations per epoch")
     m = (evaluation or {}).get("metrics", {})
 
     def fmt(value: Any, digits: int = 2) -> str:
@@ -493,11 +534,10 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         f"| name, version | `{info.get('name')}` {info.get('version')} |",
         "| method | nnU-Net v2 `3d_fullres` (PlainConvUNet), after Rachmil et al. 2024: one femur-only crop per case, "
         "z-score over the femur's voxels |",
-        f"| configuration | `{info.get('configuration')}`: target spacing {info.get('target_spacing_mm_zyx')} mm "
+        f"| configuration | `{configuration_name}`: target spacing {info.get('target_spacing_mm_zyx')} mm "
         "(z, y, x), "
         f"patch {info.get('patch_size_zyx')}, features {info.get('features_per_stage')} |",
-        f"| schedule | {schedule.get('num_epochs')} epochs x {schedule.get('num_iterations_per_epoch')} iterations "
-        f"(batch 2), {schedule.get('num_val_iterations_per_epoch')} validation iterations per epoch |",
+        f"| schedule | {schedule_text} |",
         "| folds | nnU-Net fold `all`: **one model trained on all training cases** (no cross-validation, no "
         "ensemble, no nnU-Net post-processing of its own; nnU-Net's end-of-training validation, which for fold `all` only "
         "re-predicts the training cases, is skipped) |",
@@ -530,7 +570,8 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         "",
         "## Training",
         "",
-        "Reproduce from scratch (about an hour on 2 CPU cores):",
+        "Reproduce from scratch" + (f" ({sum(timings.values()) / 60:.0f} min on 2 CPU cores, measured below):"
+                                    if timings else ":"),
         "",
         "```",
         command,
@@ -542,12 +583,14 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
     if timings:
         lines += ["", "Measured durations (2 shared CPU cores): " + ", ".join(
             f"{k} {v / 60:.1f} min" for k, v in timings.items()) + "."]
-    default_epochs = CONFIGURATIONS[info["configuration"]].num_epochs if info.get("configuration") in CONFIGURATIONS \
-        else None
-    if default_epochs is not None and schedule.get("num_epochs") != default_epochs:
-        change = "shortened" if schedule.get("num_epochs", 0) < default_epochs else "lengthened"
-        lines += ["", f"The schedule was {change} to {schedule.get('num_epochs')} epochs with `--epochs` "
-                      f"(the `{info.get('configuration')}` configuration's default is {default_epochs})."]
+    if default_epochs is not None and first_schedule.get("num_epochs") != default_epochs:
+        change = "shortened" if first_schedule.get("num_epochs", 0) < default_epochs else "lengthened"
+        lines += ["", f"The first stage's schedule was {change} to {first_schedule.get('num_epochs')} epochs with "
+                      f"`--epochs` (the `{configuration_name}` configuration's default is {default_epochs})."]
+    if first_stage:
+        lines += ["", f"Training then went on for {schedule.get('num_epochs')} epochs from the first stage's weights "
+                      "(`--continue-epochs`: `lesion_training.finetune.fine_tune` on the same cohort); "
+                      "`model.json` records the first stage under `training.fine_tuned_from`."]
     lines += ["", "## Evaluation", ""]
     if evaluation is None:
         lines.append("Not evaluated yet.")
@@ -651,18 +694,23 @@ def _cohort_lines(report: dict[str, Any] | None) -> list[str]:
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def reproduce_command(command: str, trained_epochs: int | None, default_epochs: int | None) -> str:
+def reproduce_command(command: str, trained_epochs: int | None, default_epochs: int | None, *,
+                      continue_epochs: int | None = None) -> str:
     """The command that reproduces the model: ``command`` with the epochs it was trained for.
 
     The card can be rewritten by a later invocation (``--steps card``, or evaluation only) that does not
-    repeat ``--epochs``; the trained schedule, not that invocation, says how long the model was trained.
+    repeat ``--epochs`` or ``--continue-epochs``; the trained schedule (``trained_epochs``, then
+    ``continue_epochs`` from those weights), not that invocation, says how long the model was trained.
     """
     parts = shlex.split(command)
-    if "--epochs" in parts:
-        i = parts.index("--epochs")
-        del parts[i:i + 2]
+    for option in ("--epochs", "--continue-epochs"):
+        if option in parts:
+            i = parts.index(option)
+            del parts[i:i + 2]
+    at = parts.index("--workers") + 2 if "--workers" in parts else len(parts)
+    if continue_epochs:
+        parts[at:at] = ["--continue-epochs", str(continue_epochs)]
     if trained_epochs is not None and trained_epochs != default_epochs:
-        at = parts.index("--workers") + 2 if "--workers" in parts else len(parts)
         parts[at:at] = ["--epochs", str(trained_epochs)]
     return shlex.join(parts)
 
@@ -671,6 +719,8 @@ def _recorded_command(args: argparse.Namespace) -> str:
     parts = ["python", "-m", "lesion_training.shipped_model", "--workers", str(args.workers)]
     if args.epochs is not None:
         parts += ["--epochs", str(args.epochs)]
+    if args.continue_epochs:
+        parts += ["--continue-epochs", str(args.continue_epochs)]
     if not args.mirroring:
         parts.append("--no-mirroring")
     if args.training_seeds != TRAINING_SEEDS:

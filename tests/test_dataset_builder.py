@@ -353,3 +353,30 @@ def test_the_card_reproduces_the_trained_schedule(command: str, trained: int, ex
     from lesion_training.shipped_model import reproduce_command
 
     assert reproduce_command(command, trained, 40) == expected
+
+
+def test_a_two_stage_card_names_both_stages_and_the_command_that_repeats_them(tmp_path):
+    from lesion_training.shipped_model import Settings, render_model_card, reproduce_command
+
+    # An invocation that only rewrote the card (no schedule options) still reproduces both stages.
+    assert reproduce_command("python -m lesion_training.shipped_model --workers 2 --no-mirroring", 70, 40,
+                             continue_epochs=50) == (
+        "python -m lesion_training.shipped_model --workers 2 --epochs 70 --continue-epochs 50 --no-mirroring")
+    first = {"configuration": "small", "schedule": {"num_epochs": 70, "num_iterations_per_epoch": 25}}
+    info = {
+        "name": "femur-lesion-synthetic-demo", "version": "0.2.0", "configuration": "finetune",
+        "target_spacing_mm_zyx": [2.2, 1.6, 1.6], "patch_size_zyx": [96, 48, 48],
+        "features_per_stage": [16, 32, 64, 128, 128], "label_names": {"0": "background", "1": "lesion", "2": "cyst"},
+        "schedule": {"num_epochs": 50, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5},
+        "training": {"num_training_cases": 77, "fine_tuned_from": {"name": "femur-lesion-synthetic-demo", **first}},
+    }
+    settings = Settings(workspace=tmp_path, model_folder=tmp_path / "model", card=tmp_path / "README.md",
+                        training_seeds="1000-1039", evaluation_seeds="2000-2009", validation_seeds="3000-3009",
+                        configuration=None, workers=2, mirroring=False, resume=False, steps=(), continue_epochs=50)
+    card = render_model_card(info, None, {"train": 3600.0, "continue": 2700.0}, 14_700_000, settings,
+                             "python -m lesion_training.shipped_model --workers 2 --no-mirroring")
+    assert "| configuration | `small`:" in card
+    assert "| schedule | 70 epochs x 25 iterations (batch 2), then 50 epochs x 25 more from those weights" in card
+    assert "python -m lesion_training.shipped_model --workers 2 --epochs 70 --continue-epochs 50 --no-mirroring" in card
+    assert "Reproduce from scratch (105 min on 2 CPU cores" in card
+    assert "first stage's schedule was lengthened to 70 epochs" in card
