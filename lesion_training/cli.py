@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"epochs (default: {FineTuneSchedule.num_epochs})")
     tune.add_argument("--iterations-per-epoch", type=int, default=FineTuneSchedule.iterations_per_epoch,
                       help=f"training batches per epoch (default: {FineTuneSchedule.iterations_per_epoch})")
+    tune.add_argument("--no-dice-smoothing", dest="dice_smoothing", action="store_false",
+                      help="soft Dice without nnU-Net's smoothing term (recorded in the plans), as for train")
     tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                       help="training device (default: auto = CUDA if available)")
     tune.add_argument("--num-processes", type=int, default=1,
@@ -239,14 +241,16 @@ def _train(args: argparse.Namespace) -> int:
 def _fine_tune(args: argparse.Namespace) -> int:
     from lesion_training.finetune import fine_tune
 
-    schedule = FineTuneSchedule(num_epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch)
+    schedule = FineTuneSchedule(num_epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                                dice_smoothing=args.dice_smoothing)
     if args.num_processes < 1:
         raise ValueError(f"--num-processes must be at least 1, got {args.num_processes}")
     # Recorded in model.json: names, not local paths, so that the model can be published.
     command = shlex.join([
         "python", "-m", "lesion_training", "fine-tune", "--dataset", Path(str(args.dataset)).name,
         "--base-model", args.base_model.name, "--epochs", str(schedule.num_epochs),
-        "--iterations-per-epoch", str(schedule.iterations_per_epoch), "--device", args.device,
+        "--iterations-per-epoch", str(schedule.iterations_per_epoch),
+        *([] if schedule.dice_smoothing else ["--no-dice-smoothing"]), "--device", args.device,
         "--workspace", "WORKSPACE", "--output", "OUTPUT",
     ])
     exported = fine_tune(

@@ -96,11 +96,13 @@ _CONVS_PER_STAGE = 2
 @dataclass(frozen=True)
 class FineTuneSchedule:
     """How long a fine-tuning run (:func:`lesion_training.finetune.fine_tune`) trains: ``num_epochs`` x
-    ``iterations_per_epoch`` batches, plus ``val_iterations_per_epoch`` validation batches per epoch."""
+    ``iterations_per_epoch`` batches, plus ``val_iterations_per_epoch`` validation batches per epoch, and
+    with which Dice (``dice_smoothing``, as :attr:`TrainingConfiguration.dice_smoothing`)."""
 
     num_epochs: int = 10
     iterations_per_epoch: int = 25
     val_iterations_per_epoch: int = 5
+    dice_smoothing: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch"):

@@ -153,6 +153,7 @@ def _configuration(base_plans: dict, schedule: FineTuneSchedule) -> TrainingConf
         patch_size=patch, n_stages=len(features), base_features=int(features[0]), max_features=int(max(features)),
         batch_size=int(fullres["batch_size"]), min_target_spacing=None, num_epochs=schedule.num_epochs,
         iterations_per_epoch=schedule.iterations_per_epoch, val_iterations_per_epoch=schedule.val_iterations_per_epoch,
+        dice_smoothing=schedule.dice_smoothing,
     )
 
 
@@ -167,6 +168,7 @@ def _plans_for(base_plans: dict, dataset_name: str, configuration: TrainingConfi
         "num_epochs": schedule.num_epochs,
         "num_iterations_per_epoch": schedule.iterations_per_epoch,
         "num_val_iterations_per_epoch": schedule.val_iterations_per_epoch,
+        "dice_smoothing": schedule.dice_smoothing,
     }
     return plans
 

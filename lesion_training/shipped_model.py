@@ -94,6 +94,8 @@ class Settings:
 
 
 STEPS = ("cohort", "prepare-evaluation", "train", "export", "continue", "postprocessing", "evaluate", "card")
+#: The record of training experiments the model card points to (relative to the repository root).
+EXPERIMENTS_DOC = "docs/training/experiments.md"
 #: Where the first-stage model is exported when training continues (``--continue-epochs``), in the workspace.
 FIRST_STAGE_FOLDER = "first_stage_model"
 
@@ -646,6 +648,11 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
                           "nothing. Train with the full schedule (no `--epochs`), ideally on a GPU, before "
                           "relying on any figure here."]
     lines += [
+        "",
+        "## Experiments behind the recipe",
+        "",
+        "What was tried to improve this model (Dice smoothing, cohort size, longer training), with the figures: "
+        f"[{EXPERIMENTS_DOC}](../{EXPERIMENTS_DOC}).",
         "",
         "## Limitations",
         "",

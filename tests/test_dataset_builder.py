@@ -380,3 +380,8 @@ def test_a_two_stage_card_names_both_stages_and_the_command_that_repeats_them(tm
     assert "python -m lesion_training.shipped_model --workers 2 --epochs 70 --continue-epochs 50 --no-mirroring" in card
     assert "Reproduce from scratch (105 min on 2 CPU cores" in card
     assert "first stage's schedule was lengthened to 70 epochs" in card
+    # The card links the record of the experiments behind the recipe, which must exist beside it.
+    from lesion_training.shipped_model import EXPERIMENTS_DOC
+
+    assert f"](../{EXPERIMENTS_DOC})" in card
+    assert (Path(__file__).resolve().parents[1] / EXPERIMENTS_DOC).is_file()

@@ -19,7 +19,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
                       weights_only=False)["network_weights"]
 
 
-def test_fine_tune_command_starts_from_the_base_weights_and_records_the_base_model(tmp_path: Path) -> None:
+def test_fine_tune_command_starts_from_the_base_weights_and_records_the_base_model_and_loss(tmp_path: Path) -> None:
     base = write_untrained_model(tmp_path / "base")
     base_weights = _weights(base)
     dataset = write_toy_dataset(tmp_path / "raw" / "Dataset952_ToyFineTune", num_cases=2, shape=(32, 24, 24))
@@ -27,7 +27,7 @@ def test_fine_tune_command_starts_from_the_base_weights_and_records_the_base_mod
     output = tmp_path / "tuned"
     status = main(["fine-tune", "--dataset", str(dataset), "--base-model", str(base), "--workspace", str(workspace),
                    "--output", str(output), "--epochs", "1", "--iterations-per-epoch", "2", "--device", "cpu",
-                   "--model-version", "0.0.0+tuned"])
+                   "--model-version", "0.0.0+tuned", "--no-dice-smoothing"])
     assert status == 0
 
     tuned = _weights(output)
@@ -40,8 +40,14 @@ def test_fine_tune_command_starts_from_the_base_weights_and_records_the_base_mod
     info = json.loads((output / "model.json").read_text(encoding="utf-8"))
     assert info["version"] == "0.0.0+tuned"
     assert info["schedule"]["num_epochs"] == 1 and info["schedule"]["num_iterations_per_epoch"] == 2
+    # The trainer reads the loss from the plans the model was trained with (the annotation server's
+    # fine-tuning keeps nnU-Net's default, smoothed Dice).
+    assert info["schedule"]["dice_smoothing"] is False
+    plans = json.loads(next(workspace.glob("nnUNet_results/*/*/plans.json")).read_text(encoding="utf-8"))
+    assert plans["configurations"]["3d_fullres"]["femur_training_schedule"]["dice_smoothing"] is False
     command = info["training"]["command"]
     assert command.startswith("python -m lesion_training fine-tune --dataset Dataset952_ToyFineTune")
+    assert "--no-dice-smoothing" in command
     assert str(tmp_path) not in command, "model.json must not carry local paths"
     origin = info["training"]["fine_tuned_from"]
     base_fold = next(base.glob("fold_*")).name
