@@ -15,7 +15,8 @@ Steps (each logged with its duration; a step whose output exists is reused with 
    with ``--continue-epochs`` this first-stage model goes into the workspace instead, and
 3b. **continue**: training goes on for ``--continue-epochs`` more epochs from the first stage's weights, by
    :func:`lesion_training.finetune.fine_tune` on the same cohort (nnU-Net's fine-tuning: every weight but the
-   output layer carried over, a fresh learning-rate schedule), and that model is exported as the shipped one;
+   output layer carried over, a fresh learning-rate schedule; the Dice without smoothing, since the smoothed
+   one collapsed there), and that model is exported as the shipped one;
 4. **postprocessing**: the smallest lesion volume the model reports, chosen on other held-out standard
    studies (seeds 3000-3009) by :mod:`lesion_training.postprocessing_selection` and recorded in model.json;
 5. **evaluation**: held-out ``standard`` synthetic studies (seeds 2000-2009) go through the
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="epochs instead of the configuration's")
     parser.add_argument("--continue-epochs", type=int, default=0,
                         help="then train this many more epochs from the first stage's weights, with a fresh "
-                             "learning-rate schedule (default: 0, one stage)")
+                             "learning-rate schedule and the Dice without smoothing (default: 0, one stage)")
     parser.add_argument("--workers", type=int, default=2, help="cohort worker processes (default: 2)")
     parser.add_argument("--no-mirroring", dest="mirroring", action="store_false",
                         help="evaluate without test-time mirroring (8x faster on a CPU)")
@@ -204,7 +205,9 @@ def run(settings: Settings, *, command: str) -> None:
         t0 = time.monotonic()
         exported = fine_tune(
             dataset_folder, base_model=first_stage, workspace=workspace, output=settings.model_folder,
-            schedule=FineTuneSchedule(num_epochs=settings.continue_epochs), device="cpu", model_name=MODEL_NAME,
+            # The smoothed Dice collapsed to predicting no lesion in a second stage (docs/training/experiments.md).
+            schedule=FineTuneSchedule(num_epochs=settings.continue_epochs, dice_smoothing=False), device="cpu",
+            model_name=MODEL_NAME,
             model_version=MODEL_VERSION, num_processes=max(1, min(8, os.cpu_count() or 1)), command=command,
         )
         timed("continue", time.monotonic() - t0)
@@ -587,11 +590,14 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
             f"{k} {v / 60:.1f} min" for k, v in timings.items()) + "."]
     if default_epochs is not None and first_schedule.get("num_epochs") != default_epochs:
         change = "shortened" if first_schedule.get("num_epochs", 0) < default_epochs else "lengthened"
-        lines += ["", f"The first stage's schedule was {change} to {first_schedule.get('num_epochs')} epochs with "
-                      f"`--epochs` (the `{configuration_name}` configuration's default is {default_epochs})."]
+        whose = "first stage's " if first_stage else ""
+        lines += ["", f"The {whose}schedule was {change} to "
+                      f"{first_schedule.get('num_epochs')} epochs with `--epochs` (the `{configuration_name}` "
+                      f"configuration's default is {default_epochs})."]
     if first_stage:
+        loss = "nnU-Net's Dice + CE" if schedule.get("dice_smoothing", True) else "Dice (without smoothing) + CE"
         lines += ["", f"Training then went on for {schedule.get('num_epochs')} epochs from the first stage's weights "
-                      "(`--continue-epochs`: `lesion_training.finetune.fine_tune` on the same cohort); "
+                      f"with {loss} (`--continue-epochs`: `lesion_training.finetune.fine_tune` on the same cohort); "
                       "`model.json` records the first stage under `training.fine_tuned_from`."]
     lines += ["", "## Evaluation", ""]
     if evaluation is None:

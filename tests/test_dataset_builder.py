@@ -367,7 +367,8 @@ def test_a_two_stage_card_names_both_stages_and_the_command_that_repeats_them(tm
         "name": "femur-lesion-synthetic-demo", "version": "0.2.0", "configuration": "finetune",
         "target_spacing_mm_zyx": [2.2, 1.6, 1.6], "patch_size_zyx": [96, 48, 48],
         "features_per_stage": [16, 32, 64, 128, 128], "label_names": {"0": "background", "1": "lesion", "2": "cyst"},
-        "schedule": {"num_epochs": 50, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5},
+        "schedule": {"num_epochs": 50, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5,
+                     "dice_smoothing": False},
         "training": {"num_training_cases": 77, "fine_tuned_from": {"name": "femur-lesion-synthetic-demo", **first}},
     }
     settings = Settings(workspace=tmp_path, model_folder=tmp_path / "model", card=tmp_path / "README.md",
@@ -380,6 +381,7 @@ def test_a_two_stage_card_names_both_stages_and_the_command_that_repeats_them(tm
     assert "python -m lesion_training.shipped_model --workers 2 --epochs 70 --continue-epochs 50 --no-mirroring" in card
     assert "Reproduce from scratch (105 min on 2 CPU cores" in card
     assert "first stage's schedule was lengthened to 70 epochs" in card
+    assert "went on for 50 epochs from the first stage's weights with Dice (without smoothing) + CE" in card
     # The card links the record of the experiments behind the recipe, which must exist beside it.
     from lesion_training.shipped_model import EXPERIMENTS_DOC
 
