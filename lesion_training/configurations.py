@@ -146,7 +146,7 @@ class TrainingConfiguration:
         ``s = 1e-5``. False: ``s = 0`` (nnU-Net's ``nnUNetTrainerDiceCELoss_noSmooth``). With smoothing a
         class absent from a batch (``I = G = 0``) scores ``s / (P + s)``, near 1 once its predicted mass
         ``P`` is tiny, so suppressing lesions wherever a batch has none is rewarded; without it an absent
-        class adds 0 and no gradient. Measured on the short CPU schedule (see ``model/README.md``): on 40
+        class adds 0 and no gradient. Measured on the short CPU schedule (see ``docs/training/experiments.md``): on 40
         synthetic patients neither was clearly better; on 120, training with smoothing collapsed (lesion
         pseudo-Dice 0 throughout) and training without reached a held-out lesion Dice of 0.16.
     """
@@ -314,13 +314,18 @@ def apply_configuration(plans: dict, configuration: TrainingConfiguration) -> di
     )
     if configuration.batch_dice is not None:
         fullres["batch_dice"] = bool(configuration.batch_dice)
-    fullres[SCHEDULE_KEY] = {
+    fullres[SCHEDULE_KEY] = schedule_entry(configuration)
+    plans["plans_name"] = configuration.plans_identifier
+    plans["configurations"] = {NNUNET_CONFIGURATION: fullres}
+    return plans
+
+
+def schedule_entry(configuration: TrainingConfiguration) -> dict[str, Any]:
+    """The plans entry ``femur_training_schedule`` of a configuration, as the trainer reads it."""
+    return {
         "configuration": configuration.name,
         "num_epochs": configuration.num_epochs,
         "num_iterations_per_epoch": configuration.iterations_per_epoch,
         "num_val_iterations_per_epoch": configuration.val_iterations_per_epoch,
         "dice_smoothing": bool(configuration.dice_smoothing),
     }
-    plans["plans_name"] = configuration.plans_identifier
-    plans["configurations"] = {NNUNET_CONFIGURATION: fullres}
-    return plans

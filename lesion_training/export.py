@@ -102,8 +102,9 @@ def export_model(
     training_command, training_device : str, optional
         How it was trained, recorded in model.json.
     fine_tuned_from : mapping, optional
-        The model the training started from (name, version, fold, its own training record), recorded in
-        model.json's ``training.fine_tuned_from``; None (recorded as null) for a model trained from scratch.
+        The model the training started from (name, version, fold, configuration, schedule, its own training
+        record), recorded in model.json's ``training.fine_tuned_from``; None (recorded as null) for a model
+        trained from scratch.
     cross_validation_dice : float, optional
         Mean foreground Dice of the complete cross-validation, recorded in model.json beside each
         exported fold's validation Dice.

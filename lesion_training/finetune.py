@@ -26,7 +26,7 @@ from pathlib import Path
 
 from operators.errors import TrainingDataError
 from lesion_training.configurations import (
-    NNUNET_CONFIGURATION, SCHEDULE_KEY, SMALL, FineTuneSchedule, TrainingConfiguration,
+    NNUNET_CONFIGURATION, SCHEDULE_KEY, SMALL, FineTuneSchedule, TrainingConfiguration, schedule_entry,
 )
 from lesion_training.export import CHECKPOINT, ExportedModel, export_model
 from lesion_training.nnunet_workspace import NnUNetWorkspace
@@ -111,7 +111,7 @@ def fine_tune(
     # nnU-Net's steps in fresh interpreters (see run_nnunet_step): in a server's process their pools
     # either hang or start a dozen copies of the server.
     run_nnunet_step(ws, "fingerprint", dataset_name, num_processes=num_processes, arguments=["check"])
-    plans = _plans_for(base_plans, dataset_name, configuration, schedule)
+    plans = _plans_for(base_plans, dataset_name, configuration)
     plans_file = ws.preprocessed / dataset_name / f"{configuration.plans_identifier}.json"
     plans_file.write_text(json.dumps(plans, indent=4) + "\n", encoding="utf-8")
     # nnU-Net's planner puts dataset.json beside the plans and preprocessing reads it from there;
@@ -157,19 +157,12 @@ def _configuration(base_plans: dict, schedule: FineTuneSchedule) -> TrainingConf
     )
 
 
-def _plans_for(base_plans: dict, dataset_name: str, configuration: TrainingConfiguration,
-               schedule: FineTuneSchedule) -> dict:
+def _plans_for(base_plans: dict, dataset_name: str, configuration: TrainingConfiguration) -> dict:
     """The base plans, renamed for this dataset and plans identifier, with the fine-tuning schedule."""
     plans = copy.deepcopy(base_plans)
     plans["dataset_name"] = dataset_name
     plans["plans_name"] = configuration.plans_identifier
-    plans["configurations"][NNUNET_CONFIGURATION][SCHEDULE_KEY] = {
-        "configuration": configuration.name,
-        "num_epochs": schedule.num_epochs,
-        "num_iterations_per_epoch": schedule.iterations_per_epoch,
-        "num_val_iterations_per_epoch": schedule.val_iterations_per_epoch,
-        "dice_smoothing": schedule.dice_smoothing,
-    }
+    plans["configurations"][NNUNET_CONFIGURATION][SCHEDULE_KEY] = schedule_entry(configuration)
     return plans
 
 
