@@ -47,11 +47,12 @@ import highdicom as hd
 import numpy as np
 from scipy import ndimage as ndi
 
-from operators.binary_morphology import fill_holes
+from operators.binary_morphology import closing_in_plane, fill_holes
 from operators.femur_breach import TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH, fill_lesion_cavities, repair_cortical_breaches
 from operators.femur_geometry import Box, CanonicalView, box_from_mask, enlarge_box
 from operators.femur_hip import HeadSphere, fit_head_sphere, head_candidates, sphere_markers
 from operators.femur_shafts import ShaftCriteria, ShaftTrack, choose_femur_tracks, find_shaft_tracks
+from operators.geodesic_distance import geodesic_distance
 
 logger = logging.getLogger(__name__)
 
@@ -384,30 +385,49 @@ def _geodesic_far(
 
     Voxels not joined to any seed are not returned (they are not "far", they are elsewhere).
     """
-    from skimage.graph import MCP_Geometric
-
     box = box_from_mask(mask)
     if box is None or not seeds[box].any():
         return np.zeros_like(mask)
     sub = mask[box]
-    costs = np.where(sub, 1.0, -1.0)  # negative cost = barrier
-    mcp = MCP_Geometric(costs, sampling=spacing, fully_connected=True)
-    starts = np.argwhere(seeds[box] & sub)
-    dist, _ = mcp.find_costs(starts)
-    far = sub & np.isfinite(dist) & (dist > far_mm)
+    dist = geodesic_distance(sub, seeds[box], spacing)
     out = np.zeros_like(mask)
-    out[box] = far
+    out[box] = sub & np.isfinite(dist) & (dist > far_mm)
     return out
 
 
-def _laplacian_valley(image: np.ndarray, spacing: tuple[float, ...], sigma_mm: float) -> np.ndarray:
-    """sigma^2 * max(Laplacian of Gaussian, 0) in HU: large in thin dark gaps between bright bone."""
+def _laplacian_valley(
+    image: np.ndarray, spacing: tuple[float, ...], sigma_mm: float, within: np.ndarray | None = None
+) -> np.ndarray:
+    """sigma^2 * max(Laplacian of Gaussian, 0) in HU: large in thin dark gaps between bright bone.
+
+    With ``within`` (a bool mask of ``image``'s shape) the filter runs only on the box of that mask
+    enlarged by the Gaussian's reach, and the result is 0 beyond it: inside the box every value is the
+    one the whole image gives, bit for bit, since each output voxel reads only input voxels within that
+    reach. The watershed reads its relief inside its mask only.
+    """
     sigma = tuple(sigma_mm / s for s in spacing)
-    lap = np.zeros(image.shape, dtype=np.float32)
-    for axis in range(3):
-        order = [0, 0, 0]
-        order[axis] = 2
-        lap += ndi.gaussian_filter(image, sigma, order=order, output=np.float32) / np.float32(spacing[axis] ** 2)
+    if within is not None:
+        box = box_from_mask(within)
+        if box is None:
+            return np.zeros(image.shape, dtype=np.float32)
+        # scipy's Gaussian reaches int(truncate * sigma + 0.5) voxels (truncate 4) either side.
+        reach = tuple(int(4.0 * float(s) + 0.5) for s in sigma)
+        box = enlarge_box(box, reach, image.shape)
+        out = np.zeros(image.shape, dtype=np.float32)
+        out[box] = _laplacian_valley(image[box], spacing, sigma_mm)
+        return out
+    # The Laplacian is the sum of three second derivatives, each a Gaussian filter along every axis in
+    # turn (axis 0, 1, 2) of order 2 along one axis. Those along axes 1 and 2 share their first pass
+    # (order 0 along axis 0): computed once, the same float32 intermediate scipy's gaussian_filter makes.
+    def along(data: np.ndarray, axis: int, order: int) -> np.ndarray:
+        return ndi.gaussian_filter1d(data, sigma[axis], axis=axis, order=order, output=np.float32)
+
+    lap = along(along(along(image, 0, 2), 1, 0), 2, 0)
+    lap /= np.float32(spacing[0] ** 2)
+    smooth_0 = along(image, 0, 0)
+    lap += along(along(smooth_0, 1, 2), 2, 0) / np.float32(spacing[1] ** 2)
+    lap += along(along(smooth_0, 1, 0), 2, 2) / np.float32(spacing[2] ** 2)
+    del smooth_0
     np.maximum(lap, 0, out=lap)
     lap *= np.float32(sigma_mm**2)
     return lap
@@ -625,7 +645,7 @@ def _coarse_labels(
     landscape = _landscape_base(coarse, cfg.coarse_landscape_cap_hu)
     if cfg.valley_weight > 0:
         landscape = landscape + np.float32(cfg.valley_weight) * _laplacian_valley(
-            coarse, cspacing, max(cfg.valley_sigma_mm, 0.5 * min(cspacing))
+            coarse, cspacing, max(cfg.valley_sigma_mm, 0.5 * min(cspacing)), within=bone
         )
     labels = _watershed(landscape, markers, bone).astype(np.int32)
     for fid, (slab, region) in condyles.items():
@@ -933,7 +953,9 @@ def _refine(
 
     landscape = _landscape_base(sub_s, cfg.landscape_cap_hu)
     if cfg.valley_weight > 0:
-        landscape = landscape + np.float32(cfg.valley_weight) * _laplacian_valley(sub_s, spacing, cfg.valley_sigma_mm)
+        landscape = landscape + np.float32(cfg.valley_weight) * _laplacian_valley(
+            sub_s, spacing, cfg.valley_sigma_mm, within=bone
+        )
     ws = _watershed(landscape, seeds, bone)
     del landscape
     femur = ws == 1
@@ -1024,11 +1046,9 @@ def _close_and_fill(femur: np.ndarray, other: np.ndarray, spacing: tuple[float, 
     out = _fill_slices(femur)
     if radius_mm > 0:
         disk = _disk(radius_mm / spacing[1], radius_mm / spacing[2])
-        structure = np.zeros((1,) + disk.shape, dtype=bool)
-        structure[0] = disk
         pad = ((0, 0), (disk.shape[0], disk.shape[0]), (disk.shape[1], disk.shape[1]))
         # Pad in-plane so that the closing is not cut short at the edge of the box.
-        closed = ndi.binary_closing(np.pad(femur, pad), structure=structure)
+        closed = closing_in_plane(np.pad(femur, pad), disk)
         closed = closed[:, pad[1][0]:-pad[1][1], pad[2][0]:-pad[2][1]]
         out |= _fill_slices(closed) & ~other
     return fill_holes(out)

@@ -232,14 +232,21 @@ def head_candidates(
     # Two-sided voting: an edge votes at distance r along its gradient (a bright convex surface,
     # such as the head, sends these votes to its centre) and against it (a bright concave surface,
     # such as the cup, sends those to its centre). Only a ball inside a socket collects both.
-    convex = np.zeros(sub.shape, dtype=np.float32)
-    concave = np.zeros(sub.shape, dtype=np.float32)
+    # Each vote is the flat index of the voxel it lands in; bincount then adds them up (whole numbers:
+    # the same as adding 1.0 per vote).
+    votes: dict[float, list[np.ndarray]] = {1.0: [], -1.0: []}
+    shape = np.asarray(sub.shape)
     step = float(spacing_a.min()) / 2.0
     for r in np.arange(radius_range_mm[0], radius_range_mm[1] + 4.0 + 1e-6, step):
-        for sign, acc in ((1.0, convex), (-1.0, concave)):
+        for sign, landed in votes.items():
             target = np.round((pos + sign * r * unit) / spacing_a).astype(np.int64)
-            ok = np.all((target >= 0) & (target < sub.shape), axis=1)
-            np.add.at(acc, tuple(target[ok].T), np.float32(1.0))
+            ok = (target.min(axis=1) >= 0) & np.all(target < shape, axis=1)
+            landed.append(np.ravel_multi_index(tuple(target[ok].T), sub.shape))
+    convex, concave = (
+        np.bincount(np.concatenate(votes[sign]), minlength=sub.size).reshape(sub.shape).astype(np.float32)
+        for sign in (1.0, -1.0)
+    )
+    del votes
     score = np.sqrt(ndi.gaussian_filter(convex, 1.0) * ndi.gaussian_filter(concave, 1.0))
     del convex, concave
 
