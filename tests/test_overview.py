@@ -68,3 +68,16 @@ def test_projection_keeps_the_lesion_over_the_femur_on_every_ray_across_slabs():
     expected[69, 2] = 4
     expected[0, 0] = 2
     np.testing.assert_array_equal(coronal, expected)
+
+
+def test_one_pass_summary_counts_and_presence_equal_whole_map_comparisons():
+    from operators.overview import DEFAULT_LABEL_STYLES, _summarise_labels
+
+    rng = np.random.default_rng(2)
+    labels = rng.choice(np.array([0, 1, 3, 4, 7], np.uint8), size=(75, 10, 8), p=[0.6, 0.3, 0.05, 0.03, 0.02])
+    summary = _summarise_labels(labels, DEFAULT_LABEL_STYLES, axis=2)
+    assert summary.present == [1, 3, 4]  # 2 does not occur; 7 is not a styled label
+    for value in DEFAULT_LABEL_STYLES:
+        np.testing.assert_array_equal(summary.per_slice[value], (labels == value).sum(axis=(1, 2)))
+    # Unstyled non-zero labels still count as labelled (they decide the slices shown).
+    np.testing.assert_array_equal(summary.labelled_per_slice, (labels != 0).sum(axis=(1, 2)))
