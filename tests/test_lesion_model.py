@@ -309,3 +309,21 @@ def test_invalid_minimum_lesion_volume_is_a_model_error(untrained_model: Path, t
     copy = _with_min_lesion_volume(untrained_model, tmp_path / "m", value)
     with pytest.raises(ModelFolderError, match="min_lesion_volume_ml must be a number >= 0"):
         LesionModel.from_folder(copy, device="cpu")
+
+
+def test_nnunets_crop_to_nonzero_keeps_its_result_with_the_faster_hole_filling(untrained_model: Path) -> None:
+    from nnunetv2.preprocessing.cropping import cropping
+    from scipy import ndimage as ndi
+
+    from operators.binary_morphology import fill_holes
+
+    LesionModel.from_folder(untrained_model, device="cpu", use_mirroring=False)
+    assert cropping.binary_fill_holes is fill_holes  # the predictor's process uses the faster one...
+    # ...and nnU-Net's mask is what scipy gives. A femur-like input with a marrow cavity of zeros (a hole) and a notch open to the outside (not one).
+    data = np.zeros((1, 20, 16, 16), dtype=np.float32)
+    data[0, 2:18, 3:13, 3:13] = 500.0
+    data[0, 5:15, 6:10, 6:10] = 0.0
+    data[0, 8:12, 3:5, 7:9] = 0.0
+    mask = cropping.create_nonzero_mask(data)
+    np.testing.assert_array_equal(mask, ndi.binary_fill_holes(data[0] != 0))
+    assert mask[10, 8, 8] and not mask[10, 3, 8]
