@@ -1,7 +1,10 @@
 """Accuracy of the femur splitter against the synthetic generator's truth.
 
 ``python -m evaluation.splitter_accuracy --seeds 2000-2009 --positions HFS FFS --out DIR`` generates each
-study in memory (preset ``standard`` unless ``--preset`` says otherwise), runs the application's femur
+study in memory (preset ``standard`` unless ``--preset`` says otherwise; with ``--scanner cohort`` the
+scanner, field of view, knees and femurs in view drawn per seed as for the lesion model's training cohort,
+:func:`lesion_training.synthetic_cohort.cohort_overrides`: 1.2-1.9 mm pixels, 1.5-3 mm slices, noise up to
+45 HU, one femur in view now and then), runs the application's femur
 splitter (:func:`operators.femur_splitter.split_femurs`, default classical segmenter) on its thin series and
 compares every femur with the generator's femur mask (:meth:`synthetic_ct.phantom.SyntheticPhantom.femur_mask`:
 cortex, marrow and the lesions and cysts inside). It writes
@@ -139,13 +142,28 @@ def _error_map(split: FemurSplit, truth_masks: dict[str, np.ndarray]) -> np.ndar
     return out
 
 
+#: ``--scanner`` choices: the preset's own scanner ranges, or the training cohort's wide draws.
+SCANNERS = ("preset", "cohort")
+
+
+def study_overrides(seed: int, scanner: str) -> dict[str, object]:
+    """The generator overrides of study ``seed`` under ``scanner`` (see :data:`SCANNERS`)."""
+    if scanner == "preset":
+        return {}
+    if scanner == "cohort":
+        from lesion_training.synthetic_cohort import cohort_overrides
+
+        return cohort_overrides(seed)
+    raise ValueError(f"scanner must be one of {', '.join(SCANNERS)}, got {scanner!r}")
+
+
 def evaluate_study(
-    seed: int, position: str, *, preset: str, target: float, pictures: Path | None
+    seed: int, position: str, *, preset: str, target: float, pictures: Path | None, scanner: str = "preset"
 ) -> list[FemurAccuracy]:
     """Generate one study, split it, score it (and draw it when a femur is under ``target``)."""
     from synthetic_ct.phantom import generate_phantom
 
-    phantom = generate_phantom(seed, preset, patient_position=position)
+    phantom = generate_phantom(seed, preset, patient_position=position, **study_overrides(seed, scanner))
     ct = phantom.ct
     start = time.perf_counter()
     split = split_femurs(ct)
@@ -179,7 +197,7 @@ def _fraction(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.1%}"
 
 
-def report_markdown(rows: Sequence[FemurAccuracy], *, target: float, preset: str) -> str:
+def report_markdown(rows: Sequence[FemurAccuracy], *, target: float, preset: str, scanner: str = "preset") -> str:
     """The Markdown report: summary, then one row per femur in view."""
     scored = [r for r in rows if not math.isnan(r.dice)]
     dices = [r.dice for r in scored]
@@ -193,6 +211,9 @@ def report_markdown(rows: Sequence[FemurAccuracy], *, target: float, preset: str
         f"{len(studies)} synthetic `{preset}` studies (seeds {min(s for s, _ in studies)}-{max(s for s, _ in studies)}, "
         f"positions {', '.join(sorted({p for _, p in studies}))}), {len(scored)} femurs in view.",
         "",
+        *(["Scanner, field of view, knees and femurs in view drawn per seed as for the lesion model's training "
+           "cohort (`--scanner cohort`: 1.2-1.9 mm pixels, 1.5-3 mm slices, noise 5-45 HU).", ""]
+          if scanner == "cohort" else []),
         markdown_table(["measure", "value"], [
             ["femur Dice, median", f"{statistics.median(dices):.4f}" if dices else "n/a"],
             ["femur Dice, mean", f"{statistics.fmean(dices):.4f}" if dices else "n/a"],
@@ -258,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail-under", type=float, default=None, metavar="D",
                         help="exit 1 when a femur scores under D or lands on the wrong side")
     parser.add_argument("--pictures", action="store_true", help="a PNG of the errors for studies under the target")
+    parser.add_argument("--scanner", choices=SCANNERS, default="preset",
+                        help="the preset's scanner ranges (default), or the training cohort's wide draws per seed")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="studies evaluated at once (each needs ~3 GB for a standard study)")
     return parser
@@ -277,14 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[FemurAccuracy] = []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = [pool.submit(evaluate_study, seed, position, preset=args.preset, target=args.target,
-                               pictures=pictures) for seed, position in jobs]
+                               pictures=pictures, scanner=args.scanner) for seed, position in jobs]
         for done, ((seed, position), future) in enumerate(zip(jobs, futures), start=1):
             study_rows = future.result()
             rows.extend(study_rows)
             logger.info("[%d/%d] seed %d %s: %s (split %.1f s)", done, len(jobs), seed, position,
                         ", ".join(f"{r.side} {r.dice:.4f}" for r in study_rows if r.in_view) or "no femur",
                         study_rows[0].split_s)
-    write_text_atomic(args.out / "splitter_accuracy.md", report_markdown(rows, target=args.target, preset=args.preset))
+    report = report_markdown(rows, target=args.target, preset=args.preset, scanner=args.scanner)
+    write_text_atomic(args.out / "splitter_accuracy.md", report)
     write_text_atomic(args.out / "splitter_accuracy.csv", report_csv(rows))
     dices = [r.dice for r in rows if not math.isnan(r.dice)]
     below = [r for r in rows if _below(r, args.target)]

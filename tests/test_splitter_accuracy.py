@@ -122,3 +122,19 @@ def test_bad_seed_ranges_are_one_line_errors(capsys):
         main(["--seeds", "9-3", "--out", "x"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: argument --seeds: bad seed range '9-3'")
+
+
+def test_cohort_scanner_draws_are_the_training_cohorts_and_are_named_in_the_report():
+    from evaluation.splitter_accuracy import FemurAccuracy, report_markdown, study_overrides
+    from lesion_training.synthetic_cohort import cohort_overrides
+
+    assert study_overrides(1012, "preset") == {}
+    drawn = study_overrides(1012, "cohort")
+    assert drawn == cohort_overrides(1012)
+    assert 1.2 <= drawn["pixel_spacing"] <= 1.9 and 1.5 <= drawn["slice_spacing"] <= 3.0
+    with pytest.raises(ValueError, match="scanner must be one of"):
+        study_overrides(1, "fancy")
+    row = FemurAccuracy(seed=1012, position="HFS", side="left", dice=0.95, truth_ml=500.0, predicted_ml=490.0,
+                        side_correct=True, lesion_inside=math.nan, cyst_inside=math.nan, split_s=1.0)
+    assert "`--scanner cohort`" in report_markdown([row], target=0.97, preset="standard", scanner="cohort")
+    assert "--scanner" not in report_markdown([row], target=0.97, preset="standard")
