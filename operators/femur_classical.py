@@ -975,6 +975,10 @@ def _refine(
     z_off = fine_box[0].start
     rebuild_range = (first - z_off, top - z_off)
     shaft_range = (first - z_off, last + 1 - z_off)
+    if z_off == 0:
+        # The box starts at the field of view's distal edge: the shaft may go on below its run there.
+        start = _shaft_start_at_cut(femur, shaft_range)
+        rebuild_range, shaft_range = (start, rebuild_range[1]), (start, shaft_range[1])
     femur = repair_cortical_breaches(
         femur, spacing=spacing, z_range=rebuild_range, convex_range=shaft_range, blocked=other, image=sub
     )
@@ -1009,6 +1013,38 @@ def _refine(
         return None
     box = tuple(slice(fb.start + t.start, fb.start + t.stop) for fb, t in zip(fine_box, tight))
     return box, femur[tight]  # type: ignore[return-value]
+
+
+def _shaft_start_at_cut(femur: np.ndarray, shaft_range: tuple[int, int], max_flare: float = 1.3) -> int:
+    """First slice of the shaft when the field of view cuts the femur below its shaft run.
+
+    The shaft run is the longest stretch of round, solitary cross-sections; a lesion that breaks the
+    cortex ends it. When the field of view then cuts the shaft a few cm further down (knees out of view),
+    the cross-sections between the lesion and the cut are shaft too, yet outside the run, and a breach
+    there would not be rebuilt: the lesion would stay outside the femur. They count as shaft when the
+    femur reaches the box's first slice (the edge of the field of view; the caller checks that the box
+    starts there) and no cross-section below the run is more than ``max_flare`` times the run's median
+    area (a cut through the metaphysis, which flares towards the knee, is left alone).
+
+    Parameters
+    ----------
+    femur:
+        bool (S, P, L) femur mask in its box, axis 0 towards the head, holes filled.
+    shaft_range:
+        Half-open slices [first, last + 1) of the shaft run in the box.
+
+    Returns
+    -------
+    int
+        0 when the shaft goes on down to the cut, else the run's first slice.
+    """
+    first, stop = shaft_range
+    if first <= 0 or stop <= first or not femur[0].any():
+        return first
+    area = femur[:stop].sum(axis=(1, 2))
+    if area[:first].max() <= max_flare * float(np.median(area[first:stop])):
+        return 0
+    return first
 
 
 def _peel_to_half_maximum(

@@ -107,3 +107,26 @@ def test_a_standard_study_whose_left_head_sits_close_above_its_shaft_and_whose_r
     split = split_femurs(phantom.ct)
     for side in ("left", "right"):
         assert _dice(split.femurs[side].full_mask(), phantom.femur_mask(side)) > 0.96, side
+
+
+def _tube_femur(areas_radii: list[float]) -> np.ndarray:
+    """bool (S, P, L) stack of discs, one radius (voxels) per slice from the distal end up; 0 = no bone."""
+    mask = np.zeros((len(areas_radii), 41, 41), dtype=bool)
+    y, x = np.ogrid[-20:21, -20:21]
+    for k, r in enumerate(areas_radii):
+        mask[k] = (y**2 + x**2 <= r**2) if r > 0 else False
+    return mask
+
+
+def test_a_shaft_cut_by_the_field_of_view_below_its_run_is_shaft_down_to_the_cut():
+    from operators.femur_classical import _shaft_start_at_cut
+
+    # A lesion ended the shaft run at slice 12; slices 0-5 below it are intact shaft, 6-11 breached (smaller).
+    femur = _tube_femur([8.0] * 6 + [5.0] * 6 + [8.0] * 30)
+    assert _shaft_start_at_cut(femur, (12, 42)) == 0
+    # Cut through the metaphysis, which flares towards the knee: left alone.
+    flared = _tube_femur([14.0, 13.0, 12.0, 11.0] + [8.0] * 38)
+    assert _shaft_start_at_cut(flared, (8, 42)) == 8
+    # The femur ends above the box's first slice (knee in view, or the femur's own end): left alone.
+    ends = _tube_femur([0.0] * 3 + [8.0] * 39)
+    assert _shaft_start_at_cut(ends, (12, 42)) == 12
