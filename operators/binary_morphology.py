@@ -88,7 +88,7 @@ def closing_in_plane(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     half_widths = _row_half_widths(footprint)
     if mask.ndim != 3:
         raise ValueError(f"mask must be 3D, got {mask.ndim} axes")
-    return _erode_rows(_dilate_rows(mask, half_widths), half_widths)
+    return _sweep_rows(_sweep_rows(mask, half_widths, dilate=True), half_widths, dilate=False)
 
 
 def _row_half_widths(footprint: np.ndarray) -> dict[int, int]:
@@ -125,34 +125,24 @@ def _row_runs(mask: np.ndarray, half_widths: dict[int, int], maximum: bool) -> d
     return runs
 
 
-def _dilate_rows(mask: np.ndarray, half_widths: dict[int, int]) -> np.ndarray:
-    runs = _row_runs(mask, half_widths, maximum=True)
+def _sweep_rows(mask: np.ndarray, half_widths: dict[int, int], *, dilate: bool) -> np.ndarray:
+    """Dilation (OR of running maxima) or erosion (AND of running minima) by the rows of a footprint."""
+    runs = _row_runs(mask, half_widths, maximum=dilate)
+    combine = np.logical_or if dilate else np.logical_and
     n = mask.shape[1]
-    out = np.zeros_like(mask)
+    out = np.zeros_like(mask) if dilate else np.ones_like(mask)
     for dy, w in half_widths.items():
-        # out[:, y] |= runs[w][:, y + dy] wherever y + dy lies in the array.
+        # out[:, y] = combine(out[:, y], runs[w][:, y + dy]) where y + dy lies in the array. Beyond it is
+        # background: it adds nothing to a dilation, and no voxel whose footprint reaches it survives erosion.
         if abs(dy) >= n:
+            if not dilate:
+                out[...] = False
             continue
         if dy >= 0:
-            out[:, :n - dy] |= runs[w][:, dy:]
+            target, source, beyond = out[:, :n - dy], runs[w][:, dy:], out[:, n - dy:]
         else:
-            out[:, -dy:] |= runs[w][:, :n + dy]
-    return out
-
-
-def _erode_rows(mask: np.ndarray, half_widths: dict[int, int]) -> np.ndarray:
-    runs = _row_runs(mask, half_widths, maximum=False)
-    n = mask.shape[1]
-    out = np.ones_like(mask)
-    for dy, w in half_widths.items():
-        # out[:, y] &= runs[w][:, y + dy], and background where y + dy lies beyond the array.
-        if abs(dy) >= n:
-            out[...] = False
-            continue
-        if dy >= 0:
-            out[:, :n - dy] &= runs[w][:, dy:]
-            out[:, n - dy:] = False
-        else:
-            out[:, -dy:] &= runs[w][:, :n + dy]
-            out[:, :-dy] = False
+            target, source, beyond = out[:, -dy:], runs[w][:, :n + dy], out[:, :-dy]
+        combine(target, source, out=target)
+        if not dilate:
+            beyond[...] = False
     return out
