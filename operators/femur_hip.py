@@ -235,12 +235,14 @@ def head_candidates(
     # Each vote is the flat index of the voxel it lands in; bincount then adds them up (whole numbers:
     # the same as adding 1.0 per vote).
     votes: dict[float, list[np.ndarray]] = {1.0: [], -1.0: []}
-    shape = np.asarray(sub.shape)
     step = float(spacing_a.min()) / 2.0
     for r in np.arange(radius_range_mm[0], radius_range_mm[1] + 4.0 + 1e-6, step):
         for sign, landed in votes.items():
             target = np.round((pos + sign * r * unit) / spacing_a).astype(np.int64)
-            ok = (target.min(axis=1) >= 0) & np.all(target < shape, axis=1)
+            # Per axis on the columns: several times faster than a reduction along the short axis.
+            ok = np.ones(len(target), dtype=bool)
+            for axis, n in enumerate(sub.shape):
+                ok &= (target[:, axis] >= 0) & (target[:, axis] < n)
             landed.append(np.ravel_multi_index(tuple(target[ok].T), sub.shape))
     convex, concave = (
         np.bincount(np.concatenate(votes[sign]), minlength=sub.size).reshape(sub.shape).astype(np.float32)
