@@ -234,21 +234,20 @@ def head_candidates(
     # such as the cup, sends those to its centre). Only a ball inside a socket collects both.
     # Each vote is the flat index of the voxel it lands in; bincount then adds them up (whole numbers:
     # the same as adding 1.0 per vote).
-    votes: dict[float, list[np.ndarray]] = {1.0: [], -1.0: []}
+    convex_votes: list[np.ndarray] = []
+    concave_votes: list[np.ndarray] = []
     step = float(spacing_a.min()) / 2.0
     for r in np.arange(radius_range_mm[0], radius_range_mm[1] + 4.0 + 1e-6, step):
-        for sign, landed in votes.items():
+        for sign, landed in ((1.0, convex_votes), (-1.0, concave_votes)):
             target = np.round((pos + sign * r * unit) / spacing_a).astype(np.int64)
             # Per axis on the columns: several times faster than a reduction along the short axis.
             ok = np.ones(len(target), dtype=bool)
             for axis, n in enumerate(sub.shape):
                 ok &= (target[:, axis] >= 0) & (target[:, axis] < n)
             landed.append(np.ravel_multi_index(tuple(target[ok].T), sub.shape))
-    convex, concave = (
-        np.bincount(np.concatenate(votes[sign]), minlength=sub.size).reshape(sub.shape).astype(np.float32)
-        for sign in (1.0, -1.0)
-    )
-    del votes
+    convex = np.bincount(np.concatenate(convex_votes), minlength=sub.size).reshape(sub.shape).astype(np.float32)
+    concave = np.bincount(np.concatenate(concave_votes), minlength=sub.size).reshape(sub.shape).astype(np.float32)
+    del convex_votes, concave_votes
     score = np.sqrt(ndi.gaussian_filter(convex, 1.0) * ndi.gaussian_filter(concave, 1.0))
     del convex, concave
 
