@@ -8,10 +8,21 @@ nnU-Net's crop to non-zero fills the holes of each input's non-zero mask with
 every femur crop's 17 s on 2 CPU cores, and on a GPU a larger share, since it runs on the CPU. The
 predictor's process uses :func:`operators.binary_morphology.fill_holes` there instead: the same mask,
 exactly (tests/test_binary_morphology.py), from one labelling of the background.
+
+The network's output goes back to the crop's grid by the resampling the model's plans name. nnU-Net's
+default there (``resample_data_or_seg_to_shape``, linear, nearest along an anisotropic axis) runs through
+SciPy on the CPU, even when the network ran on a GPU: 1.1-2.0 s of a femur crop's 16 s on 2 CPU cores.
+Where the plans name exactly that default, the predictor uses nnU-Net's own torch resampling
+(``resample_torch_fornnunet``, the same interpolation, the same rule for anisotropic axes) on the
+predictor's device instead. Measured with the shipped model: the labels of the two femur crops of a
+standard study (18 M voxels) differed in 1 voxel, those of a 3 mm-slice crop in none, and no probability
+by more than 3e-4. The input's resampling, which the model was trained with, stays nnU-Net's spline.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +57,40 @@ def load_predictor(
         allow_tqdm=False,
     )
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds, checkpoint_name=checkpoint_name)
+    _resample_output_with_torch(predictor, device)
     return predictor
+
+
+#: nnU-Net's default resampling of the network's output, as its planners write it into plans.json.
+_DEFAULT_OUTPUT_RESAMPLING = (
+    "resample_data_or_seg_to_shape",
+    {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+)
+
+
+def _resample_output_with_torch(predictor: Any, device: Any) -> None:
+    """Resample the network's output with nnU-Net's torch resampling on ``device`` (see the module docstring).
+
+    Only a model whose plans name nnU-Net's default output resampling is changed; one that chose its own
+    keeps it.
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    configuration = copy.deepcopy(predictor.configuration_manager.configuration)
+    named = (configuration.get("resampling_fn_probabilities"), configuration.get("resampling_fn_probabilities_kwargs"))
+    if named != _DEFAULT_OUTPUT_RESAMPLING:
+        return
+    configuration["resampling_fn_probabilities"] = "resample_torch_fornnunet"
+    configuration["resampling_fn_probabilities_kwargs"] = {
+        "is_seg": False,
+        "device": device,
+        # nnU-Net sets torch's thread count around the export (to 8 by default); on the CPU use the cores
+        # this process may run on.
+        "num_threads": len(os.sched_getaffinity(0)),
+        "memefficient_seg_resampling": False,
+    }
+    # A new manager rather than an edit: the old one caches the resampling functions it has looked up.
+    predictor.configuration_manager = ConfigurationManager(configuration)
 
 
 def _use_fast_hole_filling() -> None:

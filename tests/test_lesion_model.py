@@ -327,3 +327,44 @@ def test_nnunets_crop_to_nonzero_keeps_its_result_with_the_faster_hole_filling(u
     mask = cropping.create_nonzero_mask(data)
     np.testing.assert_array_equal(mask, ndi.binary_fill_holes(data[0] != 0))
     assert mask[10, 8, 8] and not mask[10, 3, 8]
+
+
+def test_output_is_resampled_by_nnunets_torch_resampling_with_the_default_result(untrained_model: Path) -> None:
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    model = LesionModel.from_folder(untrained_model, device="cpu", use_mirroring=False)
+    predictor = model._predictor
+    configuration = predictor.configuration_manager.configuration
+    assert configuration["resampling_fn_probabilities"] == "resample_torch_fornnunet"
+    assert configuration["resampling_fn_probabilities_kwargs"]["device"].type == "cpu"
+    crop = _crop_for("HPL")
+    # The crop's 1.5 x 0.8 x 0.8 mm grid differs from the model's: the output really is resampled.
+    assert not np.allclose(crop.spacing, predictor.configuration_manager.spacing)
+    fast = model.predict(crop, return_probabilities=True, postprocess=False)
+
+    # The same prediction through the resampling the model's plans name (nnU-Net's SciPy default).
+    plans = json.loads((untrained_model / "plans.json").read_text())["configurations"]["3d_fullres"]
+    default = dict(configuration)
+    for key in ("resampling_fn_probabilities", "resampling_fn_probabilities_kwargs"):
+        default[key] = plans[key]
+    predictor.configuration_manager = ConfigurationManager(default)
+    reference = model.predict(crop, return_probabilities=True, postprocess=False)
+
+    np.testing.assert_allclose(fast.probabilities, reference.probabilities, atol=1e-3)
+    top_two = np.sort(reference.probabilities, axis=0)[-2:]
+    decided = top_two[1] - top_two[0] > 2e-3
+    assert decided.mean() > 0.5
+    np.testing.assert_array_equal(fast.labels[decided], reference.labels[decided])
+
+
+def test_a_model_that_names_its_own_output_resampling_keeps_it(untrained_model: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(untrained_model, copy)
+    plans = json.loads((copy / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["resampling_fn_probabilities_kwargs"]["order"] = 3
+    (copy / "plans.json").write_text(json.dumps(plans))
+
+    model = LesionModel.from_folder(copy, device="cpu", use_mirroring=False)
+    configuration = model._predictor.configuration_manager.configuration
+    assert configuration["resampling_fn_probabilities"] == "resample_data_or_seg_to_shape"
+    assert configuration["resampling_fn_probabilities_kwargs"]["order"] == 3
