@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"training batches per epoch (default: {FineTuneSchedule.iterations_per_epoch})")
     tune.add_argument("--no-dice-smoothing", dest="dice_smoothing", action="store_false",
                       help="soft Dice without nnU-Net's smoothing term (recorded in the plans), as for train")
+    tune.add_argument("--reinitialise-output-layer", dest="keep_output_layer", action="store_false",
+                      help="start the output layer afresh, as nnU-Net's -pretrained_weights does (default: keep the "
+                           "base model's, whose labels the dataset has)")
     tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                       help="training device (default: auto = CUDA if available)")
     tune.add_argument("--num-processes", type=int, default=1,
@@ -242,7 +245,7 @@ def _fine_tune(args: argparse.Namespace) -> int:
     from lesion_training.finetune import fine_tune
 
     schedule = FineTuneSchedule(num_epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
-                                dice_smoothing=args.dice_smoothing)
+                                dice_smoothing=args.dice_smoothing, keep_output_layer=args.keep_output_layer)
     if args.num_processes < 1:
         raise ValueError(f"--num-processes must be at least 1, got {args.num_processes}")
     # Recorded in model.json: names, not local paths, so that the model can be published.
@@ -250,7 +253,8 @@ def _fine_tune(args: argparse.Namespace) -> int:
         "python", "-m", "lesion_training", "fine-tune", "--dataset", Path(str(args.dataset)).name,
         "--base-model", args.base_model.name, "--epochs", str(schedule.num_epochs),
         "--iterations-per-epoch", str(schedule.iterations_per_epoch),
-        *([] if schedule.dice_smoothing else ["--no-dice-smoothing"]), "--device", args.device,
+        *([] if schedule.dice_smoothing else ["--no-dice-smoothing"]),
+        *([] if schedule.keep_output_layer else ["--reinitialise-output-layer"]), "--device", args.device,
         "--workspace", "WORKSPACE", "--output", "OUTPUT",
     ])
     exported = fine_tune(

@@ -96,13 +96,23 @@ _CONVS_PER_STAGE = 2
 @dataclass(frozen=True)
 class FineTuneSchedule:
     """How long a fine-tuning run (:func:`lesion_training.finetune.fine_tune`) trains: ``num_epochs`` x
-    ``iterations_per_epoch`` batches, plus ``val_iterations_per_epoch`` validation batches per epoch, and
-    with which Dice (``dice_smoothing``, as :attr:`TrainingConfiguration.dice_smoothing`)."""
+    ``iterations_per_epoch`` batches, plus ``val_iterations_per_epoch`` validation batches per epoch, with
+    which Dice (``dice_smoothing``, as :attr:`TrainingConfiguration.dice_smoothing`), and whether the
+    network's output layer starts from the base model's (``keep_output_layer``).
+
+    nnU-Net's fine-tuning (``-pretrained_weights``) transfers every weight but the 1x1 output convolutions,
+    which it initialises afresh: it is made for a new task with other labels. Fine-tuning here always has
+    the base model's labels, so by default those convolutions are carried over too and the classes the
+    base model knows stay known from the first iteration. Re-initialised, a class the new cases rarely show
+    has to be learned again: a cyst class that 1,000 iterations on 40 patients did not bring back
+    (``docs/training/experiments.md``).
+    """
 
     num_epochs: int = 10
     iterations_per_epoch: int = 25
     val_iterations_per_epoch: int = 5
     dice_smoothing: bool = True
+    keep_output_layer: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch"):

@@ -7,8 +7,10 @@ Fine-tuning must keep the network the weights belong to, so :func:`fine_tune`:
 2. installs the base model's ``plans.json`` as the dataset's plans, under its own plans identifier, with
    a short training schedule (read by :class:`lesion_training.trainers.nnUNetTrainerFemur`);
 3. preprocesses the dataset with those plans (same target spacing, normalisation and patch);
-4. trains fold ``all`` with nnU-Net's ``run_training -pretrained_weights`` from one of the base model's
-   folds (nnU-Net's own fine-tuning: every weight but the 1x1 output layer is transferred);
+4. trains fold ``all`` from one of the base model's folds: nnU-Net's own fine-tuning
+   (``-pretrained_weights``: every weight but the 1x1 output layer is transferred), and by default the
+   output layer too, since the labels are the base model's
+   (:attr:`~lesion_training.configurations.FineTuneSchedule.keep_output_layer`);
 5. exports the slim model folder (:func:`lesion_training.export.export_model`).
 
 The dataset must have the base model's labels (with or without the cyst class), since the plans and
@@ -123,7 +125,8 @@ def fine_tune(
                 checkpoint.parent.name, torch_device, schedule.num_epochs, schedule.iterations_per_epoch)
     # No end-of-training validation: for fold "all" it would only predict the training cases again.
     train_fold(ws, dataset_name, configuration, "all", device=torch_device, num_processes=num_processes,
-               pretrained_weights=checkpoint, final_validation=False)
+               pretrained_weights=checkpoint, pretrained_output_layer=schedule.keep_output_layer,
+               final_validation=False)
     base_info = _read_json(base / "model.json")
     exported = export_model(
         ws, dataset_name, configuration, folds=["all"], output=output,
@@ -132,7 +135,9 @@ def fine_tune(
                                     f"{base_info.get('version', 'unversioned')} ({checkpoint.parent.name})",
         training_device=torch_device,
         fine_tuned_from={"name": base_info.get("name", base.name), "version": base_info.get("version"),
-                         "fold": checkpoint.parent.name, "configuration": base_info.get("configuration"),
+                         "fold": checkpoint.parent.name,
+                         "output_layer": "kept" if schedule.keep_output_layer else "re-initialised",
+                         "configuration": base_info.get("configuration"),
                          "schedule": base_info.get("schedule"), "training": base_info.get("training")},
     )
     logger.info("fine-tuning done in %.1f min", (time.monotonic() - started) / 60)
@@ -149,7 +154,8 @@ def _configuration(base_plans: dict, schedule: FineTuneSchedule) -> TrainingConf
     return SMALL.replace(
         name="finetune",
         description=f"fine-tuning of plans {base_plans.get('plans_name')}: {schedule.num_epochs}x"
-                    f"{schedule.iterations_per_epoch} iterations from pretrained weights",
+                    f"{schedule.iterations_per_epoch} iterations from pretrained weights"
+                    f"{'' if schedule.keep_output_layer else ', output layer re-initialised'}",
         patch_size=patch, n_stages=len(features), base_features=int(features[0]), max_features=int(max(features)),
         batch_size=int(fullres["batch_size"]), min_target_spacing=None, num_epochs=schedule.num_epochs,
         iterations_per_epoch=schedule.iterations_per_epoch, val_iterations_per_epoch=schedule.val_iterations_per_epoch,

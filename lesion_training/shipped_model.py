@@ -14,9 +14,9 @@ Steps (each logged with its duration; a step whose output exists is reused with 
 3. **export**: the slim model folder (:func:`lesion_training.export.export_model`: weights only, model.json);
    with ``--continue-epochs`` this first-stage model goes into the workspace instead, and
 3b. **continue**: training goes on for ``--continue-epochs`` more epochs from the first stage's weights, by
-   :func:`lesion_training.finetune.fine_tune` on the same cohort (nnU-Net's fine-tuning: every weight but the
-   output layer carried over, a fresh learning-rate schedule; the Dice without smoothing, since the smoothed
-   one collapsed there), and that model is exported as the shipped one;
+   :func:`lesion_training.finetune.fine_tune` on the same cohort (every weight carried over, the output layer
+   included, a fresh learning-rate schedule; the Dice without smoothing, since the smoothed one collapsed
+   there), and that model is exported as the shipped one;
 4. **postprocessing**: the smallest lesion volume the model reports, chosen on other held-out standard
    studies (seeds 3000-3009) by :mod:`lesion_training.postprocessing_selection` and recorded in model.json;
 5. **evaluation**: held-out ``standard`` synthetic studies (seeds 2000-2009) go through the
@@ -508,7 +508,7 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         schedule_text = (
             f"{first_schedule.get('num_epochs')} epochs x {first_schedule.get('num_iterations_per_epoch')} iterations "
             f"(batch 2), then {schedule.get('num_epochs')} epochs x {schedule.get('num_iterations_per_epoch')} more "
-            "from those weights (nnU-Net's fine-tuning: every weight but the output layer carried over, the learning "
+            "from those weights (every weight carried over, the output layer included; the learning "
             f"rate restarted at 0.01 and decayed again), {schedule.get('num_val_iterations_per_epoch')} validation "
             "iterations per epoch")
     else:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from operators.errors import TrainingDataError, TrainingRunError
 from lesion_training.configurations import (
@@ -46,6 +47,9 @@ from lesion_training.configurations import (
 from lesion_training.export import ExportedModel, export_model, results_folder
 from lesion_training.nnunet_workspace import NnUNetWorkspace
 from lesion_training.raw_dataset import write_splits
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -411,6 +415,7 @@ def train_fold(
     resume: bool = False,
     num_processes: int | None = None,
     pretrained_weights: Path | None = None,
+    pretrained_output_layer: bool = False,
     final_validation: bool = True,
 ) -> Path:
     """Train one fold with nnU-Net's ``run_training`` in a subprocess; returns the fold's folder.
@@ -419,12 +424,16 @@ def train_fold(
     ``num_processes`` sets nnU-Net's worker processes for the fold's final validation.
     ``pretrained_weights`` (a checkpoint with ``network_weights``, e.g. an exported model's fold) starts
     the network from those weights instead of a random initialisation (nnU-Net's fine-tuning); it cannot
-    be combined with ``resume``. ``final_validation=False`` trains with :func:`fit_fold` instead, which
+    be combined with ``resume``. nnU-Net leaves the output layer re-initialised; ``pretrained_output_layer``
+    takes it from the checkpoint too (:func:`load_output_layer`; only with ``final_validation=False``).
+    ``final_validation=False`` trains with :func:`fit_fold` instead, which
     skips nnU-Net's end-of-training validation: for fold ``all`` its cases are the training cases, and
     predicting them (with mirroring) costs minutes on a CPU for a figure that says nothing.
     """
     if pretrained_weights is not None and resume:
         raise ValueError("a fold cannot both resume and start from pretrained weights")
+    if pretrained_output_layer and (pretrained_weights is None or final_validation):
+        raise ValueError("the output layer is taken from pretrained weights only, and only without final validation")
     if final_validation:
         command = [
             sys.executable, "-m", "nnunetv2.run.run_training", dataset_name, NNUNET_CONFIGURATION, str(fold),
@@ -436,7 +445,8 @@ def train_fold(
             command += ["-pretrained_weights", str(pretrained_weights)]
     else:
         command = [sys.executable, "-c", _FIT_FOLD_PROGRAM, dataset_name, configuration.plans_identifier, str(fold),
-                   device, str(pretrained_weights or ""), "continue" if resume else "new"]
+                   device, str(pretrained_weights or ""), "continue" if resume else "new",
+                   "with-output-layer" if pretrained_output_layer else "without-output-layer"]
     fold_folder = results_folder(workspace, dataset_name, configuration) / f"fold_{fold}"
     logger.info("fold %s: %s", fold, " ".join(command[1:]))
     started = time.monotonic()
@@ -456,12 +466,14 @@ _FIT_FOLD_PROGRAM = "import sys; from lesion_training.train import fit_fold_main
 
 
 def fit_fold(dataset_name: str, plans_identifier: str, fold: int | str, *, device: str = "cpu",
-             resume: bool = False, pretrained_weights: str | Path | None = None) -> None:
+             resume: bool = False, pretrained_weights: str | Path | None = None,
+             pretrained_output_layer: bool = False) -> None:
     """Train one fold with the project's trainer, without nnU-Net's final validation.
 
     nnU-Net's ``run_training`` minus ``perform_actual_validation``, in the process that calls it (with the
     workspace's nnU-Net variables set): the trainer's threads as ``nnUNetv2_train`` sets them, a checkpoint
-    to continue from (``resume``) or pretrained weights to start from, then the training loop.
+    to continue from (``resume``) or pretrained weights to start from (with their output layer too if
+    ``pretrained_output_layer``), then the training loop.
     """
     import multiprocessing
 
@@ -478,14 +490,59 @@ def fit_fold(dataset_name: str, plans_identifier: str, fold: int | str, *, devic
     trainer = get_trainer_from_args(dataset_name, NNUNET_CONFIGURATION, fold_value, TRAINER_NAME, plans_identifier,
                                     device=torch_device)
     maybe_load_checkpoint(trainer, resume, False, str(pretrained_weights) if pretrained_weights else None)
+    if pretrained_weights and pretrained_output_layer:
+        loaded = load_output_layer(trainer.network, Path(pretrained_weights))
+        trainer.print_to_log_file(f"output layer taken from the pretrained weights ({len(loaded)} tensors)")
     trainer.run_training()
 
 
 def fit_fold_main(argv: Sequence[str]) -> None:
-    """``dataset plans fold device pretrained_weights_or_empty continue|new``: :func:`fit_fold` (see train_fold)."""
-    dataset_name, plans_identifier, fold, device, pretrained, mode = argv
+    """``dataset plans fold device pretrained_weights_or_empty continue|new with-output-layer|without-output-layer``:
+    :func:`fit_fold` (see train_fold)."""
+    dataset_name, plans_identifier, fold, device, pretrained, mode, output_layer = argv
     fit_fold(dataset_name, plans_identifier, fold, device=device, resume=mode == "continue",
-             pretrained_weights=pretrained or None)
+             pretrained_weights=pretrained or None, pretrained_output_layer=output_layer == "with-output-layer")
+
+
+#: Name part of the parameters of nnU-Net's 1x1 output convolutions (one per deep-supervision output),
+#: the weights nnU-Net's ``load_pretrained_weights`` skips.
+OUTPUT_LAYER_KEY = ".seg_layers."
+
+
+def load_output_layer(network: torch.nn.Module, checkpoint: Path) -> list[str]:
+    """Copy the output convolutions (``decoder.seg_layers``) of an nnU-Net checkpoint into ``network``.
+
+    Completes nnU-Net's ``load_pretrained_weights``, which transfers everything else. ``network`` may be
+    wrapped for DDP or by ``torch.compile``, as in nnU-Net's trainer.
+
+    Returns
+    -------
+    list of str
+        The parameter names copied.
+
+    Raises
+    ------
+    TrainingDataError
+        If the checkpoint has no output layer, or one of another shape (other labels, another network).
+    """
+    import torch
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    module = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper
+    own = module.state_dict()
+    # Checkpoints written from a DDP run carry "module." in front of every name.
+    layer = {key.removeprefix("module."): value for key, value in saved.items() if OUTPUT_LAYER_KEY in key}
+    if not layer:
+        raise TrainingDataError(f"checkpoint {checkpoint.name} holds no output layer ({OUTPUT_LAYER_KEY.strip('.')})")
+    for key, value in layer.items():
+        if key not in own or own[key].shape != value.shape:
+            shape = tuple(own[key].shape) if key in own else "absent"
+            raise TrainingDataError(
+                f"output layer {key} of {checkpoint.name} has shape {tuple(value.shape)}, the network's {shape}"
+            )
+    module.load_state_dict({**own, **layer})
+    return sorted(layer)
 
 
 def completed_cross_validation(

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from lesion_training.cli import main
+from lesion_training.train import OUTPUT_LAYER_KEY, load_output_layer
 from lesion_training.toy_dataset import write_toy_dataset, write_untrained_model
+from operators.errors import TrainingDataError
 from operators.lesion_model import LesionModel
 
 
@@ -19,7 +21,10 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
                       weights_only=False)["network_weights"]
 
 
-def test_fine_tune_command_starts_from_the_base_weights_and_records_the_base_model_and_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep_output_layer", [True, False], ids=["output-layer-kept", "output-layer-reinitialised"])
+def test_fine_tune_command_starts_from_the_base_weights_and_records_the_base_model_and_loss(
+    tmp_path: Path, keep_output_layer: bool
+) -> None:
     base = write_untrained_model(tmp_path / "base")
     base_weights = _weights(base)
     dataset = write_toy_dataset(tmp_path / "raw" / "Dataset952_ToyFineTune", num_cases=2, shape=(32, 24, 24))
@@ -27,15 +32,25 @@ def test_fine_tune_command_starts_from_the_base_weights_and_records_the_base_mod
     output = tmp_path / "tuned"
     status = main(["fine-tune", "--dataset", str(dataset), "--base-model", str(base), "--workspace", str(workspace),
                    "--output", str(output), "--epochs", "1", "--iterations-per-epoch", "2", "--device", "cpu",
-                   "--model-version", "0.0.0+tuned", "--no-dice-smoothing"])
+                   "--model-version", "0.0.0+tuned", "--no-dice-smoothing",
+                   *([] if keep_output_layer else ["--reinitialise-output-layer"])])
     assert status == 0
 
     tuned = _weights(output)
     assert tuned.keys() == base_weights.keys()
     changed = [k for k in tuned if not torch.equal(tuned[k], base_weights[k])]
     assert changed, "two training iterations left every weight as it was"
-    # Every weight but nnU-Net's output layers starts from the base model: the network is the base's.
+    # Every weight starts from the base model, by default the output layers too: the network is the base's, and
+    # two iterations move the output layers only a little. Re-initialised (nnU-Net's way), they are new draws.
     assert all(tuned[k].shape == base_weights[k].shape for k in tuned)
+    output_layer = [k for k in tuned if OUTPUT_LAYER_KEY in k and k.endswith(".weight")]
+    assert output_layer
+    for key in output_layer:
+        moved = float((tuned[key] - base_weights[key]).norm() / base_weights[key].norm())
+        if keep_output_layer:
+            assert moved < 0.2, f"{key} moved by {moved:.2f} of its norm: not started from the base model"
+        else:
+            assert moved > 0.8, f"{key} moved by only {moved:.2f} of its norm: not re-initialised"
 
     info = json.loads((output / "model.json").read_text(encoding="utf-8"))
     assert info["version"] == "0.0.0+tuned"
@@ -52,6 +67,8 @@ def test_fine_tune_command_starts_from_the_base_weights_and_records_the_base_mod
     origin = info["training"]["fine_tuned_from"]
     base_fold = next(base.glob("fold_*")).name
     assert (origin["name"], origin["version"], origin["fold"]) == ("femur-lesion-untrained", "0.0.0", base_fold)
+    assert origin["output_layer"] == ("kept" if keep_output_layer else "re-initialised")
+    assert ("--reinitialise-output-layer" in command) is not keep_output_layer
 
     # nnU-Net's end-of-training validation of fold "all" would only predict the training cases again.
     fold = next(workspace.glob("nnUNet_results/*/*/fold_all"))
@@ -86,3 +103,45 @@ def test_fine_tune_reports_bad_input_in_one_line_before_any_work(
     assert error.startswith("error: ") and message in error
     assert "\n" not in error
     assert not (tmp_path / "out").exists() and not (tmp_path / "ws").exists()
+
+
+def _network_of(model_folder: Path) -> torch.nn.Module:
+    """A freshly initialised network of the model's architecture (nnU-Net's own builder)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    plans = json.loads((model_folder / "plans.json").read_text(encoding="utf-8"))
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    labels = json.loads((model_folder / "dataset.json").read_text(encoding="utf-8"))["labels"]
+    return get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                                  architecture["_kw_requires_import"], 1, len(labels), deep_supervision=True)
+
+
+def test_output_layer_is_copied_from_the_checkpoint_and_nothing_else(tmp_path: Path) -> None:
+    base = write_untrained_model(tmp_path / "base")
+    saved = _weights(base)
+    network = _network_of(base)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+
+    loaded = load_output_layer(network, next(base.glob("fold_*/checkpoint_final.pth")))
+
+    assert loaded and all(OUTPUT_LAYER_KEY in k for k in loaded)
+    after = network.state_dict()
+    for key in after:
+        if key in loaded:
+            assert torch.equal(after[key], saved[key])
+        else:  # the rest is nnU-Net's load_pretrained_weights' business
+            assert torch.equal(after[key], before[key])
+
+
+def test_output_layer_of_another_label_set_is_refused(tmp_path: Path) -> None:
+    base = write_untrained_model(tmp_path / "base")
+    checkpoint = next(base.glob("fold_*/checkpoint_final.pth"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in [k for k in state["network_weights"] if OUTPUT_LAYER_KEY in k]:
+        value = state["network_weights"][key]
+        state["network_weights"][key] = torch.cat([value, value[:1]])  # one class more
+    other = tmp_path / "other.pth"
+    torch.save(state, other)
+
+    with pytest.raises(TrainingDataError, match=r"output layer .*seg_layers.* has shape .*, the network's"):
+        load_output_layer(_network_of(base), other)
