@@ -541,7 +541,7 @@ def load_output_layer(network: torch.nn.Module, checkpoint: Path) -> list[str]:
             raise TrainingDataError(
                 f"output layer {key} of {checkpoint.name} has shape {tuple(value.shape)}, the network's {shape}"
             )
-    module.load_state_dict({**own, **layer})
+    module.load_state_dict(layer, strict=False)  # only these; the rest stays as nnU-Net loaded it
     return sorted(layer)
 
 

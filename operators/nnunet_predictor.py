@@ -21,7 +21,6 @@ by more than 3e-4. The input's resampling, which the model was trained with, sta
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,7 +75,8 @@ def _resample_output_with_torch(predictor: Any, device: Any) -> None:
     """
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-    configuration = copy.deepcopy(predictor.configuration_manager.configuration)
+    # Only top-level entries are replaced: a shallow copy leaves the loaded plans as they are.
+    configuration = dict(predictor.configuration_manager.configuration)
     named = (configuration.get("resampling_fn_probabilities"), configuration.get("resampling_fn_probabilities_kwargs"))
     if named != _DEFAULT_OUTPUT_RESAMPLING:
         return
