@@ -31,7 +31,7 @@ import numpy as np
 
 from operators.errors import InputError, ModelFolderError
 from operators.lesion_postprocessing import min_lesion_volume_ml, remove_small_components
-from operators.nnunet_predictor import load_predictor
+from operators.nnunet_predictor import load_predictor, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class LesionModel:
         """
         if not 0.0 < tile_step_size <= 1.0:
             raise ValueError(f"tile_step_size must be in (0, 1], got {tile_step_size}")
-        torch_device = _resolve_device(device)
+        torch_device = resolve_device(device)
         path = Path(path)
         if not path.exists():
             raise ModelFolderError(f"lesion model not found: {path}")
@@ -469,22 +469,6 @@ class LesionModel:
     def has_postprocessing(self) -> bool:
         """Whether :meth:`postprocess` changes anything (nnU-Net's or a smallest lesion volume)."""
         return self._postprocessing is not None or self._min_lesion_volume_ml > 0
-
-
-def _resolve_device(device: str) -> Any:
-    import torch
-
-    if not isinstance(device, str):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
-        return torch.device(device)
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def _find_model_folder_in(root: Path, *, archive_name: str) -> Path:

@@ -27,6 +27,30 @@ from pathlib import Path
 from typing import Any
 
 
+def resolve_device(device: str) -> Any:
+    """The ``torch.device`` a model runs on: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``,
+    ``"cuda"`` or ``"cuda:N"``.
+
+    Raises
+    ------
+    ValueError
+        For another name, or a CUDA device where CUDA is not available.
+    """
+    import torch
+
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        return torch.device(device)
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
 def load_predictor(
     folder: Path,
     *,
