@@ -16,13 +16,18 @@ arguments, else ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` / ``HOLOSCAN_
 ``input`` / ``output`` / ``models`` in the working folder. The model path may name the model folder or a
 folder holding exactly one model (a MAP mounts its models as ``/opt/holoscan/models/<name>/``).
 
-Two environment variables tune where and how the lesion model runs:
+Environment variables tune where and how the models run:
 
 ``FEMUR_LESION_DEVICE``
-    ``auto`` (default: CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    ``auto`` (default: CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a learned femur
+    model runs there too.
 ``FEMUR_LESION_MIRRORING``
     ``1`` (default) or ``0``: nnU-Net's test-time mirroring, up to 8 passes per patch. Turning it off
     makes inference up to 8 times faster (worth it on a CPU-only machine) at some cost in accuracy.
+``FEMUR_SPLITTER_MODEL``
+    A learned femur model for the splitter instead of the weight-free default: an nnU-Net model folder
+    or a ``femur_model.json`` settings file (:func:`operators.femur_nnunet.femur_segmenter_from_settings`).
+    Checked when the graph is composed, so a bad setting stops the run before any study is read.
 
 Run it with ``python -m app`` (:mod:`app.cli`): that entry point turns problems with the input into a
 one-line message and an exit status. Created directly (``FemurLesionSegApp().run()``), the application
@@ -50,15 +55,18 @@ from operators.deploy.lesion_operator import FemurLesionOperator
 from operators.deploy.outputs_operator import StudyOutputsOperator
 from operators.deploy.study_loader_operator import FemurStudyLoaderOperator
 from operators.errors import FemurSegError
+from operators.femur_splitter import FemurSegmenter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEVICE_VARIABLE", "FemurLesionSegApp", "MIRRORING_VARIABLE", "StageTimings"]
+__all__ = ["DEVICE_VARIABLE", "FEMUR_MODEL_VARIABLE", "FemurLesionSegApp", "MIRRORING_VARIABLE", "StageTimings"]
 
 #: Where the lesion model runs: auto (default), cpu, cuda, cuda:N.
 DEVICE_VARIABLE = "FEMUR_LESION_DEVICE"
 #: nnU-Net's test-time mirroring: 1 (default) or 0.
 MIRRORING_VARIABLE = "FEMUR_LESION_MIRRORING"
+#: A learned femur model for the splitter (model folder or femur_model.json); unset: the classical splitter.
+FEMUR_MODEL_VARIABLE = "FEMUR_SPLITTER_MODEL"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -170,10 +178,11 @@ class FemurLesionSegApp(Application):
         use_mirroring = _mirroring_setting(self.use_mirroring)
         logger.info("input %s, output %s, model %s; lesion model on %s, mirroring %s", self.input_folder,
                     self.output_folder, app_context.model_path, device, "on" if use_mirroring else "off")
+        femur_segmenter = _femur_segmenter_setting(device)
 
         loader = _StudyLoader(self, CountCondition(self, 1), stage="load", input_folder=self.input_folder,
                               name="study_loader")
-        splitter = _FemurSplitter(self, stage="split", name="femur_splitter")
+        splitter = _FemurSplitter(self, stage="split", segmenter=femur_segmenter, name="femur_splitter")
         lesions = _LesionSegmenter(self, stage="lesions", model_path=Path(app_context.model_path),
                                    device=device, use_mirroring=use_mirroring, name="lesion_segmenter")
         self.model_path = lesions.model_path
@@ -198,6 +207,23 @@ def _device_setting(device: str | None) -> str:
         if not torch.cuda.is_available():
             raise FemurSegError(f"the lesion model is to run on {value}, but CUDA is not available here")
     return value
+
+
+def _femur_segmenter_setting(device: str) -> FemurSegmenter | None:
+    """The splitter's femur model from ``FEMUR_SPLITTER_MODEL`` (None: the classical segmenter); checked."""
+    value = os.environ.get(FEMUR_MODEL_VARIABLE, "").strip()
+    if not value:
+        return None
+    from operators.errors import ModelFolderError
+    from operators.femur_nnunet import femur_segmenter_from_settings
+
+    try:
+        segmenter = femur_segmenter_from_settings(Path(value), device=device)
+    except ModelFolderError as error:
+        raise ModelFolderError(f"{error} (from {FEMUR_MODEL_VARIABLE})") from None
+    logger.info("femur model %s (folds %s) on %s", segmenter.model_folder.name,
+                ",".join(map(str, segmenter.folds)), segmenter.device)
+    return segmenter
 
 
 def _mirroring_setting(use_mirroring: bool | None) -> bool:

@@ -21,6 +21,10 @@ series; final labels are stored back as DICOM-SEG) or a local folder whose sub-f
     ``true``/``false``: nnU-Net's test-time mirroring; default ``FEMUR_LESION_MIRRORING``, else on.
 ``epochs``, ``iterations_per_epoch``
     The fine-tuning schedule of a training run (default 10 x 25).
+``femur_model``
+    A learned femur model for the splitter (an nnU-Net model folder or a ``femur_model.json``, see
+    :func:`operators.femur_nnunet.femur_segmenter_from_settings`); default ``FEMUR_SPLITTER_MODEL``, else the
+    classical, weight-free splitter, as in the application. Inference, scoring and the training crops use it.
 """
 
 from __future__ import annotations
@@ -69,7 +73,10 @@ class FemurLesionLabelApp(MONAILabelApp):
                 logger.error("no lesion model to start from: %s", error)
         device = (conf.get("device") or os.environ.get("FEMUR_LESION_DEVICE") or "auto").strip().lower()
         mirroring = (conf.get("mirroring") or os.environ.get("FEMUR_LESION_MIRRORING") or "1").strip().lower()
-        self.model = VersionedModel(self.store, device=device, use_mirroring=mirroring in _TRUE)
+        self.femur_segmenter = _femur_segmenter(conf.get("femur_model") or os.environ.get("FEMUR_SPLITTER_MODEL"),
+                                                device)
+        self.model = VersionedModel(self.store, device=device, use_mirroring=mirroring in _TRUE,
+                                    femur_segmenter=self.femur_segmenter)
         self.schedule = FineTuneSchedule(num_epochs=int(conf.get("epochs", 10)),
                                          iterations_per_epoch=int(conf.get("iterations_per_epoch", 25)))
         self.device = device
@@ -95,7 +102,7 @@ class FemurLesionLabelApp(MONAILabelApp):
         return {MODEL_NAME: FemurLesionInfer(self.model)}
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        return {MODEL_NAME: _trainer(self.store, self.schedule, self.device)}
+        return {MODEL_NAME: _trainer(self.store, self.schedule, self.device, self.femur_segmenter)}
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First(), "uncertainty": MostUncertain(self.model)}
@@ -120,7 +127,23 @@ class FemurLesionLabelApp(MONAILabelApp):
         return info
 
 
-def _trainer(store: ModelStore, schedule: FineTuneSchedule, device: str) -> TrainTask:
+def _trainer(store: ModelStore, schedule: FineTuneSchedule, device: str, femur_segmenter: Any) -> TrainTask:
     from lib.trainer import FemurLesionTrainer
 
-    return FemurLesionTrainer(store, schedule=schedule, device=device)
+    return FemurLesionTrainer(store, schedule=schedule, device=device, femur_segmenter=femur_segmenter)
+
+
+def _femur_segmenter(setting: str | None, device: str) -> Any:
+    """The femur model of the ``femur_model`` setting, or None (the classical splitter) when it is empty.
+
+    A setting that names no usable model stops the server at start-up (a one-line ModelFolderError), rather
+    than serving crops from another splitter than the one asked for.
+    """
+    if not setting or not setting.strip():
+        return None
+    from operators.femur_nnunet import femur_segmenter_from_settings
+
+    segmenter = femur_segmenter_from_settings(Path(setting.strip()), device=device)
+    logger.info("femur model %s (folds %s) for the splitter", segmenter.model_folder.name,
+                ",".join(map(str, segmenter.folds)))
+    return segmenter

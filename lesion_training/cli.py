@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="DICOM-SEG segment labels containing one of these words are lesions (default: lesion)")
     build.add_argument("--cyst-segments", nargs="+", default=["cyst"],
                        help="DICOM-SEG segment labels containing one of these words are cysts (default: cyst)")
+    build.add_argument("--femur-model", type=Path,
+                       help="split the femurs with this learned femur model (an nnU-Net model folder or a "
+                            "femur_model.json, as the application's FEMUR_SPLITTER_MODEL) instead of the "
+                            "weight-free splitter")
+    build.add_argument("--device", default="auto", help="where the femur model runs: auto, cpu, cuda, cuda:N")
 
     synthetic = commands.add_parser("synthetic-dataset",
                                     help="build an nnU-Net dataset from synthetic phantoms generated in memory")
@@ -307,9 +312,14 @@ def _build_dataset(args: argparse.Namespace) -> int:
         lesion_values=tuple(args.lesion_values), cyst_values=tuple(args.cyst_values),
         lesion_segments=tuple(args.lesion_segments), cyst_segments=tuple(args.cyst_segments),
     )
-    dataset = build_from_csv(args.cases, args.out / args.name, options=BuildOptions(cysts=args.cysts,
-                             references=references), test_fraction=args.test_fraction, n_folds=args.folds,
-                             seed=args.seed)
+    femur_segmenter = None
+    if args.femur_model is not None:
+        from operators.femur_nnunet import femur_segmenter_from_settings
+
+        femur_segmenter = femur_segmenter_from_settings(args.femur_model, device=args.device)
+    options = BuildOptions(cysts=args.cysts, references=references, femur_segmenter=femur_segmenter)
+    dataset = build_from_csv(args.cases, args.out / args.name, options=options, test_fraction=args.test_fraction,
+                             n_folds=args.folds, seed=args.seed)
     return _print_dataset(dataset)
 
 

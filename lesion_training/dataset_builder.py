@@ -43,7 +43,7 @@ import highdicom as hd
 import numpy as np
 
 from operators.errors import FemurSegError, TrainingDataError
-from operators.femur_splitter import FemurCrop, SplitterConfig, split_femurs
+from operators.femur_splitter import FemurCrop, FemurSegmenter, SplitterConfig, split_femurs
 from lesion_training.raw_dataset import (
     FILE_ENDING,
     _atomic_write_text,
@@ -115,11 +115,16 @@ class BuildOptions:
         Meaning of the reference's values or segments.
     splitter : SplitterConfig or None
         Configuration of :func:`split_femurs` (default: the application's).
+    femur_segmenter : FemurSegmenter or None
+        The femur segmenter of :func:`split_femurs`: None for the classical, weight-free one, or a learned
+        femur model (:func:`operators.femur_nnunet.femur_segmenter_from_settings`), the same one the
+        application is given, so that the crops trained on are the crops inferred on.
     """
 
     cysts: CystMode = "separate"
     references: ReferenceValues = field(default_factory=ReferenceValues)
     splitter: SplitterConfig | None = None
+    femur_segmenter: FemurSegmenter | None = None
 
     def __post_init__(self) -> None:
         if self.cysts not in CYST_MODES:
@@ -459,7 +464,7 @@ def process_study(
                                    "excluded"))
         return record
 
-    split = split_femurs(ct, config=options.splitter)
+    split = split_femurs(ct, config=options.splitter, segmenter=options.femur_segmenter)
     if not split.femurs:
         record.issues.append(Issue(patient, "no_femur", f"no femur found: {split.no_femur_reason}", "excluded",
                                    voxels=int(lesion.sum())))

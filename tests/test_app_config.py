@@ -13,7 +13,7 @@ from operators.errors import FemurSegError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 try:
-    from app.app import DEVICE_VARIABLE, MIRRORING_VARIABLE, FemurLesionSegApp, StageTimings
+    from app.app import DEVICE_VARIABLE, FEMUR_MODEL_VARIABLE, MIRRORING_VARIABLE, FemurLesionSegApp, StageTimings
 except Exception as exc:  # noqa: BLE001 - ImportError, or OSError when libcudart.so.13 is not found
     pytest.skip(
         f"holoscan cannot be imported ({type(exc).__name__}: {exc}); run through `make test`, which sets "
@@ -66,6 +66,44 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv(MIRRORING_VARIABLE, "maybe")
     with pytest.raises(FemurSegError, match=MIRRORING_VARIABLE):
         _mirroring_setting(None)
+
+
+def _composed_app(tmp_path: Path) -> FemurLesionSegApp:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    if not (tmp_path / "models").exists():
+        _fake_model(tmp_path / "models" / "femur-lesion")
+    app = FemurLesionSegApp([sys.executable, "app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                             "-m", str(tmp_path / "models")], device="cpu", use_mirroring=False)
+    app.compose()
+    return app
+
+
+def test_a_femur_model_setting_reaches_the_splitter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from operators.femur_nnunet import NnUNetFemurSegmenter
+
+    def splitter_of(app: FemurLesionSegApp):
+        return next(op for op in app.graph.get_nodes() if op.name == "femur_splitter")
+
+    monkeypatch.delenv(FEMUR_MODEL_VARIABLE, raising=False)
+    assert splitter_of(_composed_app(tmp_path)).segmenter is None  # the classical splitter
+    from tests.femur_model_support import model_folder_without_weights
+
+    femur = model_folder_without_weights(tmp_path / "femur-model", folds=("0",))
+    monkeypatch.setenv(FEMUR_MODEL_VARIABLE, str(femur))
+    segmenter = splitter_of(_composed_app(tmp_path)).segmenter
+    assert isinstance(segmenter, NnUNetFemurSegmenter)
+    assert segmenter.model_folder == femur and segmenter.folds == (0,) and str(segmenter.device) == "cpu"
+
+
+def test_a_bad_femur_model_setting_stops_the_run_before_any_study(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv(FEMUR_MODEL_VARIABLE, str(tmp_path / "no-such-model"))
+    with pytest.raises(FemurSegError) as caught:
+        _composed_app(tmp_path)
+    message = str(caught.value)
+    assert "no femur model folder or settings file" in message and FEMUR_MODEL_VARIABLE in message
+    assert "\n" not in message
 
 
 def test_stage_timings_are_listed_in_order() -> None:

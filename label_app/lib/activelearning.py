@@ -86,7 +86,7 @@ class UncertaintyScoring(ScoringMethod):
             except FemurSegError as error:
                 logger.warning("image %s not scored: %s", image_id, error)
                 continue
-            split = split_femurs(loaded.volume)
+            split = split_femurs(loaded.volume, segmenter=self.model.femur_segmenter)
             total, count = 0.0, 0
             for crop in split.femurs.values():
                 prediction = lesion_model.predict(crop.femur_only, return_probabilities=True)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from operators.femur_splitter import FemurSplit, split_femurs
+from operators.femur_splitter import FemurSegmenter, FemurSplit, split_femurs
 from operators.lesion_model import LesionModel
 from operators.lesion_segmentation import CYST_LABEL_NAME, StudySegmentation, segment_lesions
 from operators.series_volume import LoadedSeries, load_study
@@ -44,12 +44,17 @@ class VersionedModel:
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :meth:`LesionModel.from_folder`).
     use_mirroring : bool
         nnU-Net's test-time mirroring.
+    femur_segmenter : FemurSegmenter, optional
+        The femur model the splitter runs before the lesion model, the same for every version; None for the
+        classical, weight-free splitter (the application's default, ``FEMUR_SPLITTER_MODEL`` unset).
     """
 
-    def __init__(self, store: ModelStore, *, device: str = "auto", use_mirroring: bool = True) -> None:
+    def __init__(self, store: ModelStore, *, device: str = "auto", use_mirroring: bool = True,
+                 femur_segmenter: FemurSegmenter | None = None) -> None:
         self.store = store
         self.device = device
         self.use_mirroring = use_mirroring
+        self.femur_segmenter = femur_segmenter
         self._lock = threading.Lock()
         self._loaded: tuple[ModelVersion, LesionModel] | None = None
 
@@ -98,7 +103,7 @@ def run_pipeline(study: Path, model: VersionedModel) -> PipelineResult:
     loaded = load_study(Path(study))
     seconds["load"] = time.perf_counter() - start
     start = time.perf_counter()
-    split = split_femurs(loaded.volume)
+    split = split_femurs(loaded.volume, segmenter=model.femur_segmenter)
     seconds["split"] = time.perf_counter() - start
     start = time.perf_counter()
     version, lesion_model = model.get()

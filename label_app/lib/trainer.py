@@ -30,6 +30,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from operators.atomic_files import write_text_atomic
+from operators.femur_splitter import FemurSegmenter
 from operators.series_volume import load_study
 from lesion_training.dataset_builder import BuildOptions, DatasetBuilder, onto_grid, read_volume_file
 from lesion_training.finetune import FineTuneSchedule, fine_tune
@@ -56,14 +57,18 @@ class FemurLesionTrainer(TrainTask):
         Default schedule (a request may shorten or lengthen it).
     device : str
         Default training device.
+    femur_segmenter : FemurSegmenter, optional
+        The femur model the splitter cuts the training crops with (None: the classical splitter); the
+        inference side's (:class:`~lib.pipeline.VersionedModel`), so that training and inference crops agree.
     """
 
     def __init__(self, store: ModelStore, *, schedule: FineTuneSchedule = FineTuneSchedule(),
-                 device: str = "auto") -> None:
+                 device: str = "auto", femur_segmenter: FemurSegmenter | None = None) -> None:
         super().__init__("Fine-tune the nnU-Net lesion model on the final labels (new model version)")
         self.store = store
         self.schedule = schedule
         self.device = device
+        self.femur_segmenter = femur_segmenter
 
     def config(self) -> dict[str, Any]:
         return {"epochs": self.schedule.num_epochs, "iterations_per_epoch": self.schedule.iterations_per_epoch,
@@ -95,7 +100,9 @@ class FemurLesionTrainer(TrainTask):
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         work = self.store.root / "training" / stamp
         with_cyst = model_has_cyst(base.folder)
-        builder = DatasetBuilder(work / "raw" / _DATASET, BuildOptions(cysts="separate" if with_cyst else "background"))
+        # The femur crops are cut as inference cuts them: by the same femur segmenter.
+        builder = DatasetBuilder(work / "raw" / _DATASET, BuildOptions(cysts="separate" if with_cyst else "background",
+                                                                     femur_segmenter=self.femur_segmenter))
         try:
             for number, item in enumerate(sorted(items, key=lambda i: str(i["image"])), start=1):
                 loaded = load_study(Path(item["image"]))
