@@ -11,6 +11,9 @@ model that knows the sides, or ``{1: "femur"}`` for one that does not; in that c
 separates the two femurs and names the sides from the geometry. Without a mapping, the label names of
 the model's dataset.json decide where they name femurs (``femur_left``/``femur_right`` of a
 whole-body model; its other labels are background here), else ``{1: "left", 2: "right"}``.
+A model can only know the sides if it was trained without mirroring along the left-right axis: nnU-Net's
+default augmentation mirrors every axis and keeps the labels, so a mirrored left femur is still "left"
+(tests/femur_model_support.py measured what that does); map such a model's labels to "femur".
 
 Orientation: nnU-Net does not reorient images; a model only works on arrays in the axis order it was
 trained on. ``orientation`` names that order as a patient-orientation string (highdicom's
