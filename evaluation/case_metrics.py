@@ -147,8 +147,10 @@ def evaluate_case(
     reference_lesion = reference_labels == lesion
     if settings.labels.cyst is None:
         reference_cyst = np.zeros_like(reference_lesion)
+        test_cyst = None
     else:
         reference_cyst = reference_labels == settings.labels.cyst
+        test_cyst = test_labels == settings.labels.cyst
     return CaseMetrics(
         case=parse_case_id(case_id),
         dice=dice(test_lesion, reference_lesion),
@@ -157,5 +159,6 @@ def evaluate_case(
         ),
         volume=volume_error(test_lesion, reference_lesion, spacing),
         detection=detect_lesions(test_lesion, reference_lesion, spacing=spacing, rule=settings.detection),
-        cyst=cyst_confusion(test_lesion, reference_cyst, called_fraction=settings.cyst_called_fraction),
+        cyst=cyst_confusion(test_lesion, reference_cyst, predicted_cyst=test_cyst,
+                            called_fraction=settings.cyst_called_fraction),
     )

@@ -157,7 +157,7 @@ PER_CASE_CSV_HEADER = (
     "test_volume_ml", "reference_volume_ml", "volume_error_ml", "volume_error_relative",
     "lesions_detected", "lesions_total", "false_positives", "predicted_components",
     "ignored_small_predictions", "cysts", "cysts_called_tumour", "cyst_called_tumour",
-    "cyst_voxel_fraction_called_lesion",
+    "cyst_voxel_fraction_called_lesion", "cyst_voxel_fraction_called_cyst",
 )
 
 
@@ -195,6 +195,7 @@ def per_case_csv(comparisons: Sequence[Comparison]) -> str:
                 c.detection.detected, c.detection.total, c.detection.false_positives,
                 c.detection.predicted_components, c.detection.ignored_small_predictions,
                 c.cyst.cysts, c.cyst.cysts_called_tumour, c.cyst.called_tumour, c.cyst.voxel_fraction_called_lesion,
+                c.cyst.voxel_fraction_called_cyst,
             ))
     return csv_text(PER_CASE_CSV_HEADER, rows)
 

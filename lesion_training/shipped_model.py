@@ -68,6 +68,8 @@ DEFAULT_MODEL_FOLDER = Path("model/femur_lesion_nnunet")
 EVALUATION_FILE = "evaluation.json"
 #: Lesions at least this large (equivalent-sphere diameter, mm) must be found (the model card's target).
 DETECTION_SIZE_MM = 10.0
+#: Below this fraction of cyst voxels labelled cyst, the model card says that the model does not find cysts.
+CYSTS_FOUND_FRACTION = 0.5
 TARGETS = {
     "mean_lesion_dice": 0.75,
     "sensitivity_ge_10mm": 0.9,
@@ -433,7 +435,9 @@ def headline_metrics(report_dir: Path) -> dict[str, Any]:
     * lesion-wise sensitivity for reference lesions >= 10 mm (equivalent-sphere diameter);
     * fraction of lesion-free femurs predicted without any lesion voxel;
     * cysts called tumour: fraction of reference cyst voxels predicted lesion, and femurs with a cyst
-      mostly called tumour.
+      mostly called tumour;
+    * cysts found as cyst: fraction of reference cyst voxels predicted cyst (a model can keep cysts out
+      of its lesions by leaving them out altogether; this figure tells).
     """
     per_case = _read_csv(report_dir / "per_case.csv")
     lesions = _read_csv(report_dir / "lesions.csv")
@@ -469,6 +473,7 @@ def headline_metrics(report_dir: Path) -> dict[str, Any]:
         "cyst_voxels_called_tumour": _mean_column(per_case, "cyst_voxel_fraction_called_lesion"),
         "femurs_with_cyst_called_tumour": _count_true(per_case, "cyst_called_tumour"),
         "femurs_with_cyst": sum(number(r, "cysts") > 0 for r in per_case),
+        "cyst_voxels_called_cyst": _mean_column(per_case, "cyst_voxel_fraction_called_cyst"),
     }
 
 
@@ -570,7 +575,8 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         "- Drawn wide on purpose: pixels 1.2-1.9 mm, slices 1.5-3 mm, field of view 400-500 mm, noise 5-45 HU, "
         "kVp 80-140, with/without contrast, head- or feet-first, either slice order, knees in view or not, sometimes "
         "one femur only, 0-4 lesions per patient, cysts in about a third.",
-        "- Cysts are their own class (label 2), so the model learns to tell them from tumour.",
+        "- Cysts are their own class (label 2), so that the model can learn to tell them from tumour (how far it "
+        "does: \"cysts found as cyst\" under Evaluation).",
         *_cohort_lines(dataset_report),
         "",
         "## Training",
@@ -626,6 +632,8 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
             f"{fmt(m.get('cyst_voxels_called_tumour'))} | mostly not | |",
             f"| femurs whose cyst is mostly called tumour | {fmt(m.get('femurs_with_cyst_called_tumour'))} of "
             f"{fmt(m.get('femurs_with_cyst'))} | | |",
+            f"| cysts found as cyst: fraction of cyst voxels predicted cyst | "
+            f"{fmt(m.get('cyst_voxels_called_cyst'))} | | |",
             f"| inference time per femur crop (CPU, 2 cores{'' if evaluation.get('mirroring') else ', no mirroring'}) "
             f"| {t['mean']:.1f} s mean, {t['max']:.1f} s max | | |",
             "",
@@ -668,8 +676,13 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         "(e.g. where a lesion breaks through the cortex) cannot be found.",
         "- Trained at >= 2.0 x 1.6 x 1.6 mm on a short CPU schedule: small lesions and fine borders suffer.",
         "- Subtle low-contrast shaft lesions can be confused with marrow; femoral-head cysts are not tumours.",
-        "",
     ]
+    found_as_cyst = m.get("cyst_voxels_called_cyst") if evaluation is not None else None
+    if found_as_cyst is not None and found_as_cyst < CYSTS_FOUND_FRACTION:
+        lines.append(f"- Cysts: only {fmt(found_as_cyst)} of the cyst voxels are labelled cyst. The model keeps cysts "
+                     "out of its lesions by leaving them out (background), not by telling them apart: its cyst "
+                     "label is not to be relied on.")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -319,11 +319,12 @@ def test_headline_metrics_follow_the_nan_rule(tmp_path):
     from lesion_training.shipped_model import headline_metrics
 
     (tmp_path / "per_case.csv").write_text(
-        "case_id,dice,reference_volume_ml,test_volume_ml,cysts,cyst_called_tumour,cyst_voxel_fraction_called_lesion\n"
-        "a_left,0.8,2.0,2.1,1,false,0.1\n"
-        "a_right,,0.0,0.0,0,,\n"          # true negative: NaN, left out of the mean
-        "b_left,0.0,0.0,0.3,0,,\n"         # false positive on a lesion-free femur
-        "b_right,0.6,5.0,4.0,0,,\n")
+        "case_id,dice,reference_volume_ml,test_volume_ml,cysts,cyst_called_tumour,cyst_voxel_fraction_called_lesion,"
+        "cyst_voxel_fraction_called_cyst\n"
+        "a_left,0.8,2.0,2.1,1,false,0.1,0.25\n"
+        "a_right,,0.0,0.0,0,,,\n"          # true negative: NaN, left out of the mean
+        "b_left,0.0,0.0,0.3,0,,,\n"         # false positive on a lesion-free femur
+        "b_right,0.6,5.0,4.0,0,,,\n")
     (tmp_path / "lesions.csv").write_text(
         "case_id,diameter_mm,detected\na_left,12.0,true\nb_right,25.0,false\nb_right,6.0,false\n")
     m = headline_metrics(tmp_path)
@@ -333,6 +334,28 @@ def test_headline_metrics_follow_the_nan_rule(tmp_path):
     assert m["lesion_free_femurs"] == 2 and m["lesion_free_predicted_empty"] == 0.5
     assert m["femurs_with_cyst"] == 1 and m["femurs_with_cyst_called_tumour"] == 0
     assert m["cyst_voxels_called_tumour"] == pytest.approx(0.1)
+    assert m["cyst_voxels_called_cyst"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(("found_as_cyst", "says_so"), [(0.0, True), (0.3, True), (0.8, False), (None, False)])
+def test_the_card_says_when_the_model_does_not_find_cysts(tmp_path, found_as_cyst, says_so):
+    from lesion_training.shipped_model import Settings, render_model_card
+
+    info = {"name": "femur-lesion-synthetic-demo", "version": "0.1.0", "configuration": "small",
+            "label_names": {"0": "background", "1": "lesion", "2": "cyst"},
+            "schedule": {"num_epochs": 40, "num_iterations_per_epoch": 25}, "training": {}}
+    metrics = {"femurs": 20, "femurs_predicted_empty": 3, "mean_lesion_dice": 0.4, "cyst_voxels_called_tumour": 0.0,
+               "femurs_with_cyst": 2, "femurs_with_cyst_called_tumour": 0, "cyst_voxels_called_cyst": found_as_cyst}
+    evaluation = {"seeds": [2000, 2009], "inference_seconds_per_femur": {"mean": 7.0, "max": 9.0},
+                  "mirroring": False, "metrics": metrics}
+    settings = Settings(workspace=tmp_path, model_folder=tmp_path / "model", card=tmp_path / "README.md",
+                        training_seeds="1000-1039", evaluation_seeds="2000-2009", validation_seeds="3000-3009",
+                        configuration=None, workers=2, mirroring=False, resume=False, steps=(), continue_epochs=None)
+    card = render_model_card(info, evaluation, {"train": 3600.0}, 14_700_000, settings,
+                             "python -m lesion_training.shipped_model --workers 2 --no-mirroring")
+    shown = "n/a" if found_as_cyst is None else f"{found_as_cyst:.2f}"
+    assert f"| cysts found as cyst: fraction of cyst voxels predicted cyst | {shown} |" in card
+    assert ("not by telling them apart" in card) is says_so
 
 
 @pytest.mark.parametrize(

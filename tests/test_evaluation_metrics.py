@@ -128,6 +128,21 @@ def test_cyst_confusion_counts_cysts_called_tumour() -> None:
     assert cyst_confusion(lesion, cyst, called_fraction=0.6).called_tumour is False
 
 
+def test_cyst_confusion_measures_how_much_of_the_cysts_is_labelled_cyst() -> None:
+    # Of the 12 cyst voxels above, 6 predicted cyst (the lower half of cyst 1, 2 of cyst 2) and one more
+    # predicted cyst outside any cyst, which does not count.
+    cyst = box(slice(1, 3), slice(1, 3), slice(1, 3)) | box(slice(5, 6), slice(5, 7), slice(5, 7))
+    predicted_cyst = box(slice(2, 3), slice(1, 3), slice(1, 3)) | box(slice(5, 6), slice(5, 6), slice(5, 7))
+    predicted_cyst[0, 0, 0] = True
+    result = cyst_confusion(EMPTY, cyst, predicted_cyst=predicted_cyst)
+    assert result.voxel_fraction_called_cyst == pytest.approx(6 / 12)
+    assert result.voxel_fraction_called_lesion == 0.0 and result.called_tumour is False
+    # Left out altogether: no cyst voxel called tumour, and none found as cyst either.
+    assert cyst_confusion(EMPTY, cyst, predicted_cyst=EMPTY).voxel_fraction_called_cyst == 0.0
+    # Without predicted cysts to compare (a model without a cyst class) the figure is not applicable.
+    assert math.isnan(cyst_confusion(EMPTY, cyst).voxel_fraction_called_cyst)
+
+
 def test_cyst_confusion_without_cyst_is_not_applicable() -> None:
     result = cyst_confusion(A, EMPTY)
     assert result.cysts == 0 and result.called_tumour is None and math.isnan(result.voxel_fraction_called_lesion)
