@@ -211,19 +211,13 @@ def _device_setting(device: str | None) -> str:
 
 def _femur_segmenter_setting(device: str) -> FemurSegmenter | None:
     """The splitter's femur model from ``FEMUR_SPLITTER_MODEL`` (None: the classical segmenter); checked."""
-    value = os.environ.get(FEMUR_MODEL_VARIABLE, "").strip()
-    if not value:
-        return None
     from operators.errors import ModelFolderError
-    from operators.femur_nnunet import femur_segmenter_from_settings
+    from operators.femur_nnunet import femur_segmenter_from_setting
 
     try:
-        segmenter = femur_segmenter_from_settings(Path(value), device=device)
+        return femur_segmenter_from_setting(os.environ.get(FEMUR_MODEL_VARIABLE), device=device)
     except ModelFolderError as error:
         raise ModelFolderError(f"{error} (from {FEMUR_MODEL_VARIABLE})") from None
-    logger.info("femur model %s (folds %s) on %s", segmenter.model_folder.name,
-                ",".join(map(str, segmenter.folds)), segmenter.device)
-    return segmenter
 
 
 def _mirroring_setting(use_mirroring: bool | None) -> bool:

@@ -139,11 +139,6 @@ def _femur_segmenter(setting: str | None, device: str) -> Any:
     A setting that names no usable model stops the server at start-up (a one-line ModelFolderError), rather
     than serving crops from another splitter than the one asked for.
     """
-    if not setting or not setting.strip():
-        return None
-    from operators.femur_nnunet import femur_segmenter_from_settings
+    from operators.femur_nnunet import femur_segmenter_from_setting
 
-    segmenter = femur_segmenter_from_settings(Path(setting.strip()), device=device)
-    logger.info("femur model %s (folds %s) for the splitter", segmenter.model_folder.name,
-                ",".join(map(str, segmenter.folds)))
-    return segmenter
+    return femur_segmenter_from_setting(setting, device=device)

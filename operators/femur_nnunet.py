@@ -57,7 +57,13 @@ from operators.nnunet_predictor import load_predictor, resolve_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NnUNetFemurSegmenter", "SETTINGS_FILE_NAME", "femur_segmenter_from_settings", "mapping_from_label_names"]
+__all__ = [
+    "NnUNetFemurSegmenter",
+    "SETTINGS_FILE_NAME",
+    "femur_segmenter_from_setting",
+    "femur_segmenter_from_settings",
+    "mapping_from_label_names",
+]
 
 #: Settings file a femur model folder may hold (read when the settings path names the folder).
 SETTINGS_FILE_NAME = "femur_model.json"
@@ -296,6 +302,21 @@ def femur_segmenter_from_settings(path: Path | str, *, device: str = "auto") -> 
     except (OSError, ValueError) as exc:
         message = str(exc)
         raise ModelFolderError(message if message.startswith("femur model") else f"femur model: {message}") from None
+
+
+def femur_segmenter_from_setting(setting: str | None, *, device: str = "auto") -> NnUNetFemurSegmenter | None:
+    """The femur model a deployment setting names (an environment variable, a server option), or None.
+
+    None or a blank setting means the classical, weight-free splitter. Anything else goes to
+    :func:`femur_segmenter_from_settings`, whose :class:`ModelFolderError` stops the caller at start-up
+    rather than letting it split with another segmenter than the one asked for.
+    """
+    if setting is None or not setting.strip():
+        return None
+    segmenter = femur_segmenter_from_settings(Path(setting.strip()), device=device)
+    logger.info("femur model %s (folds %s) on %s for the splitter", segmenter.model_folder.name,
+                ",".join(map(str, segmenter.folds)), segmenter.device)
+    return segmenter
 
 
 _KIND_NAMES = {str: "a string", bool: "true or false"}
