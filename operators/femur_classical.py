@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -119,9 +120,10 @@ class ClassicalSegmenterConfig:
     min_femur_volume_ml:
         Femur candidates smaller than this are dropped.
     fine_pass_threads:
-        Femurs refined at full resolution at once: 1, 2, or None for 2 where at least 4 CPUs are usable
-        and 1 otherwise. Two at once is faster and holds the temporaries of a second femur box (~0.3 GB
-        on a 512 x 512 x 600 study), which on a small machine is better kept for the rest of the run.
+        Femurs refined at full resolution at once: 1, 2, or None for 2 where at least 2 CPUs are usable
+        and 1 otherwise. Two at once take a 512 x 512 x 600 study's split from about 12 to 10 s on 2
+        cores and hold a second femur box's temporaries (about 0.2 GB more at the peak; their watersheds,
+        the largest, run one at a time). Set 1 where memory is tighter than time.
     shaft:
         Shape rules of a femoral-shaft cross-section.
     """
@@ -414,23 +416,61 @@ def _laplacian_valley(
         reach = tuple(int(4.0 * float(s) + 0.5) for s in sigma)
         box = enlarge_box(box, reach, image.shape)
         out = np.zeros(image.shape, dtype=np.float32)
-        out[box] = _laplacian_valley(image[box], spacing, sigma_mm)
+        _laplacian_valley_into(image[box], spacing, sigma_mm, out[box])
         return out
+    return _laplacian_valley_into(image, spacing, sigma_mm, np.empty(image.shape, dtype=np.float32))
+
+
+def _laplacian_valley_into(
+    image: np.ndarray, spacing: tuple[float, ...], sigma_mm: float, lap: np.ndarray
+) -> np.ndarray:
+    """:func:`_laplacian_valley` of the whole ``image``, written into the float32 array ``lap``."""
+    sigma = tuple(sigma_mm / s for s in spacing)
     # The Laplacian is the sum of three second derivatives, each a Gaussian filter along every axis in
     # turn (axis 0, 1, 2) of order 2 along one axis. Those along axes 1 and 2 share their first pass
     # (order 0 along axis 0): computed once, the same float32 intermediate scipy's gaussian_filter makes.
-    def along(data: np.ndarray, axis: int, order: int) -> np.ndarray:
-        return ndi.gaussian_filter1d(data, sigma[axis], axis=axis, order=order, output=np.float32)
+    # The passes write into three float32 buffers besides ``lap``, not a new array each (a fine pass runs
+    # this on a femur's box, two femurs at once where threads allow).
+    def along(data: np.ndarray, axis: int, order: int, out: np.ndarray) -> np.ndarray:
+        return ndi.gaussian_filter1d(data, sigma[axis], axis=axis, order=order, output=out)
 
-    lap = along(along(along(image, 0, 2), 1, 0), 2, 0)
+    smooth_0, first, second = (np.empty(image.shape, dtype=np.float32) for _ in range(3))
+    along(along(along(image, 0, 2, first), 1, 0, second), 2, 0, lap)
     lap /= np.float32(spacing[0] ** 2)
-    smooth_0 = along(image, 0, 0)
-    lap += along(along(smooth_0, 1, 2), 2, 0) / np.float32(spacing[1] ** 2)
-    lap += along(along(smooth_0, 1, 0), 2, 2) / np.float32(spacing[2] ** 2)
-    del smooth_0
+    along(image, 0, 0, smooth_0)
+    along(along(smooth_0, 1, 2, first), 2, 0, second)
+    lap += np.divide(second, np.float32(spacing[1] ** 2), out=second)
+    along(along(smooth_0, 1, 0, first), 2, 2, second)
+    lap += np.divide(second, np.float32(spacing[2] ** 2), out=second)
+    del smooth_0, first, second
     np.maximum(lap, 0, out=lap)
     lap *= np.float32(sigma_mm**2)
     return lap
+
+
+def _watershed_relief(
+    image: np.ndarray,
+    spacing: tuple[float, ...],
+    cap_hu: float,
+    cfg: ClassicalSegmenterConfig,
+    *,
+    within: np.ndarray,
+    sigma_mm: float | None = None,
+) -> np.ndarray:
+    """The watershed's relief: :func:`_landscape_base` plus ``cfg.valley_weight`` times
+    :func:`_laplacian_valley` (at ``sigma_mm``, default ``cfg.valley_sigma_mm``).
+
+    Summed into the valley's array, the base made only once the filter's buffers are gone: the same
+    float32 values as ``base + weight * valley``, with one copy of the image's size less at the peak.
+    """
+    if cfg.valley_weight <= 0:
+        return _landscape_base(image, cap_hu)
+    sigma = cfg.valley_sigma_mm if sigma_mm is None else sigma_mm
+    relief = _laplacian_valley(image, spacing, sigma, within=within)
+    relief *= np.float32(cfg.valley_weight)
+    # weight * valley - min(image, cap) is weight * valley + base, bit for bit (x - m is x + (-m)).
+    relief -= np.minimum(image, np.float32(cap_hu))
+    return relief
 
 
 def _landscape_base(image: np.ndarray, cap_hu: float) -> np.ndarray:
@@ -445,10 +485,29 @@ def _landscape_base(image: np.ndarray, cap_hu: float) -> np.ndarray:
     return -np.minimum(image, np.float32(cap_hu))
 
 
+#: One watershed at a time: it is the largest temporary of a fine pass (skimage works on float64 and
+#: int32 padded copies of its inputs, about 30 bytes per voxel of the box, and a heap), so two femurs
+#: refined at once share everything else but never hold two of these.
+_WATERSHED_LOCK = threading.Lock()
+
+
 def _watershed(landscape: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Marker watershed (6-connected) of ``landscape`` within ``mask``: int32 labels of ``markers``.
+
+    Run on the bounding box of ``mask`` only. The result is the one the whole arrays give, voxel for voxel:
+    the flood never leaves the mask, and the box keeps the raster order in which skimage queues the markers
+    and breaks ties, while the float64 copies skimage makes shrink with the box (on the coarse grid of a
+    512 x 512 x 600 study the bone's box is a quarter of the volume).
+    """
     from skimage.segmentation import watershed
 
-    return watershed(landscape, markers=markers, mask=mask, connectivity=1)
+    out = np.zeros(markers.shape, dtype=np.int32)
+    box = box_from_mask(mask)
+    if box is None:
+        return out
+    with _WATERSHED_LOCK:
+        out[box] = watershed(landscape[box], markers=markers[box], mask=mask[box], connectivity=1)
+    return out
 
 
 def _side_of(centre_lps_x: float, midline_lps_x: float) -> str:
@@ -534,7 +593,7 @@ def _refine_all(
     same as one after the other.
     """
     cpus = len(os.sched_getaffinity(0))
-    threads = cfg.fine_pass_threads if cfg.fine_pass_threads is not None else (2 if cpus >= 4 else 1)
+    threads = cfg.fine_pass_threads if cfg.fine_pass_threads is not None else (2 if cpus >= 2 else 1)
     workers = min(len(sides), threads, cpus)
     if workers <= 1:
         return {side: _refine(image, view, coarse, fid, cfg) for side, fid in sides.items()}
@@ -642,11 +701,10 @@ def _coarse_labels(
         coarse_sphere = sphere.shifted(-shift)
         _apply_sphere(markers, bone, coarse_sphere, fid, (0, 0, 0), cspacing, head_margin_mm=4.0, cup_margin_mm=2.0)
 
-    landscape = _landscape_base(coarse, cfg.coarse_landscape_cap_hu)
-    if cfg.valley_weight > 0:
-        landscape = landscape + np.float32(cfg.valley_weight) * _laplacian_valley(
-            coarse, cspacing, max(cfg.valley_sigma_mm, 0.5 * min(cspacing)), within=bone
-        )
+    landscape = _watershed_relief(
+        coarse, cspacing, cfg.coarse_landscape_cap_hu, cfg, within=bone,
+        sigma_mm=max(cfg.valley_sigma_mm, 0.5 * min(cspacing)),
+    )
     labels = _watershed(landscape, markers, bone).astype(np.int32)
     for fid, (slab, region) in condyles.items():
         # The eroded region and the layer that erosion took off it, on the slab and a slice either side.
@@ -919,6 +977,10 @@ def _refine(
         near = ndi.binary_dilation(metal, iterations=max(1, int(round(40.0 / max(spacing)))))
         opened = ndi.binary_opening(bone, structure=_SIX, iterations=1)
         bone = np.where(near, opened | metal, bone)
+    del metal
+    # The relief first: the smoothed image is not needed after it, and the seeds are not needed during it.
+    landscape = _watershed_relief(sub_s, spacing, cfg.landscape_cap_hu, cfg, within=bone)
+    del sub_s
 
     # Seeds from the coarse labels, eroded so that they lie safely inside each bone.
     zi = _upsample_index(sub.shape[0], fine_box[0].start, f[0], cshape[0])
@@ -951,11 +1013,6 @@ def _refine(
     if not (seeds == 1).any():
         return None
 
-    landscape = _landscape_base(sub_s, cfg.landscape_cap_hu)
-    if cfg.valley_weight > 0:
-        landscape = landscape + np.float32(cfg.valley_weight) * _laplacian_valley(
-            sub_s, spacing, cfg.valley_sigma_mm, within=bone
-        )
     ws = _watershed(landscape, seeds, bone)
     del landscape
     femur = ws == 1
