@@ -4,7 +4,8 @@
 study in memory (preset ``standard`` unless ``--preset`` says otherwise; with ``--scanner cohort`` the
 scanner, field of view, knees and femurs in view drawn per seed as for the lesion model's training cohort,
 :func:`lesion_training.synthetic_cohort.cohort_overrides`: 1.2-1.9 mm pixels, 1.5-3 mm slices, noise up to
-45 HU, one femur in view now and then), runs the application's femur
+45 HU, one femur in view now and then; with ``--femur-top-mm N`` cut to N mm of femur below the top of the
+femoral heads and the pelvis above, as an abdomen-pelvis CT sees the hips), runs the application's femur
 splitter (:func:`operators.femur_splitter.split_femurs`, default classical segmenter) on its thin series and
 compares every femur with the generator's femur mask (:meth:`synthetic_ct.phantom.SyntheticPhantom.femur_mask`:
 cortex, marrow and the lesions and cysts inside). It writes
@@ -36,6 +37,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 
 from evaluation.cli import _OneLineErrorParser
@@ -157,20 +159,71 @@ def study_overrides(seed: int, scanner: str) -> dict[str, object]:
     raise ValueError(f"scanner must be one of {', '.join(SCANNERS)}, got {scanner!r}")
 
 
+def top_of_the_femurs(
+    ct: hd.Volume, truth_masks: dict[str, np.ndarray], labels: np.ndarray, length_mm: float
+) -> tuple[hd.Volume, dict[str, np.ndarray], np.ndarray]:
+    """A study cut to the slices within ``length_mm`` below the top of its femoral heads, and all above them.
+
+    This is the view of the hips an abdomen-pelvis CT gives: the pelvis, and the femurs down to where the
+    scan ends (about 100-130 mm from the top of the head at the lesser trochanters).
+
+    Parameters
+    ----------
+    ct:
+        The study's CT, array (z, y, x), affine index -> LPS mm, slices along the array's first axis.
+    truth_masks:
+        Per side, bool (z, y, x) truth femur mask on the CT's grid.
+    labels:
+        The truth label map (z, y, x) on the CT's grid.
+    length_mm:
+        How far below the highest femur voxel (LPS z, towards the head) the cut volume reaches.
+
+    Returns
+    -------
+    tuple
+        The cut CT (affine moved to its first slice) and the truth masks and labels on its grid.
+    """
+    if not length_mm > 0:
+        raise ValueError(f"length_mm must be positive, got {length_mm!r}")
+    affine = np.asarray(ct.affine)
+    array = np.asarray(ct.array)
+    z_mm = affine[2, 3] + affine[2, 0] * np.arange(array.shape[0])  # LPS z of each slice
+    femur_slices = np.zeros(array.shape[0], dtype=bool)
+    for mask in truth_masks.values():
+        femur_slices |= mask.any(axis=(1, 2))
+    if not femur_slices.any():
+        raise ValueError("the study has no femur to cut below")
+    kept = np.flatnonzero(z_mm >= z_mm[femur_slices].max() - length_mm)
+    start, stop = int(kept.min()), int(kept.max()) + 1
+    cut_affine = affine.copy()
+    cut_affine[:3, 3] = affine[:3, 3] + affine[:3, 0] * start
+    cut = hd.Volume(array=array[start:stop], affine=cut_affine, coordinate_system="PATIENT",
+                    frame_of_reference_uid=ct.frame_of_reference_uid)
+    return cut, {side: mask[start:stop] for side, mask in truth_masks.items()}, labels[start:stop]
+
+
 def evaluate_study(
-    seed: int, position: str, *, preset: str, target: float, pictures: Path | None, scanner: str = "preset"
+    seed: int, position: str, *, preset: str, target: float, pictures: Path | None, scanner: str = "preset",
+    femur_top_mm: float | None = None,
 ) -> list[FemurAccuracy]:
-    """Generate one study, split it, score it (and draw it when a femur is under ``target``)."""
+    """Generate one study, split it, score it (and draw it when a femur is under ``target``).
+
+    With ``femur_top_mm`` the study is first cut to that much femur below the top of the heads
+    (:func:`top_of_the_femurs`).
+    """
     from synthetic_ct.phantom import generate_phantom
 
     phantom = generate_phantom(seed, preset, patient_position=position, **study_overrides(seed, scanner))
     ct = phantom.ct
+    truth_masks = {side: phantom.femur_mask(side) for side in SIDES}
+    labels = np.asarray(phantom.labels.array)
+    if femur_top_mm is not None:
+        ct, truth_masks, labels = top_of_the_femurs(ct, truth_masks, labels, femur_top_mm)
     start = time.perf_counter()
     split = split_femurs(ct)
     split_s = time.perf_counter() - start
-    truth_masks = {side: phantom.femur_mask(side) for side in SIDES}
     rows = femur_accuracy(
-        split, truth_masks, np.asarray(phantom.labels.array), voxel_ml=float(np.prod(ct.spacing)) / 1000.0,
+        split, truth_masks, labels, voxel_ml=float(np.prod(ct.spacing)) / 1000.0,
         seed=seed, position=position, split_s=split_s,
     )
     if pictures is not None and any(_below(r, target) for r in rows):
@@ -197,7 +250,10 @@ def _fraction(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.1%}"
 
 
-def report_markdown(rows: Sequence[FemurAccuracy], *, target: float, preset: str, scanner: str = "preset") -> str:
+def report_markdown(
+    rows: Sequence[FemurAccuracy], *, target: float, preset: str, scanner: str = "preset",
+    femur_top_mm: float | None = None,
+) -> str:
     """The Markdown report: summary, then one row per femur in view."""
     scored = [r for r in rows if not math.isnan(r.dice)]
     dices = [r.dice for r in scored]
@@ -214,6 +270,9 @@ def report_markdown(rows: Sequence[FemurAccuracy], *, target: float, preset: str
         *(["Scanner, field of view, knees and femurs in view drawn per seed as for the lesion model's training "
            "cohort (`--scanner cohort`: 1.2-1.9 mm pixels, 1.5-3 mm slices, noise 5-45 HU).", ""]
           if scanner == "cohort" else []),
+        *([f"Each study cut to {femur_top_mm:g} mm of femur below the top of the femoral heads, and the pelvis "
+           "above (`--femur-top-mm`), as an abdomen-pelvis CT sees the hips.", ""]
+          if femur_top_mm is not None else []),
         markdown_table(["measure", "value"], [
             ["femur Dice, median", f"{statistics.median(dices):.4f}" if dices else "n/a"],
             ["femur Dice, mean", f"{statistics.fmean(dices):.4f}" if dices else "n/a"],
@@ -281,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pictures", action="store_true", help="a PNG of the errors for studies under the target")
     parser.add_argument("--scanner", choices=SCANNERS, default="preset",
                         help="the preset's scanner ranges (default), or the training cohort's wide draws per seed")
+    parser.add_argument("--femur-top-mm", type=float, default=None, metavar="MM",
+                        help="cut each study to this much femur below the top of the femoral heads (and the pelvis "
+                             "above), as an abdomen-pelvis CT sees the hips")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="studies evaluated at once (each needs ~3 GB for a standard study)")
     return parser
@@ -294,20 +356,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.femur_top_mm is not None and not args.femur_top_mm > 0:
+        print("error: --femur-top-mm must be a positive length in mm", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     pictures = args.out if args.pictures else None
     jobs = [(seed, position) for seed in args.seeds for position in args.positions]
     rows: list[FemurAccuracy] = []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = [pool.submit(evaluate_study, seed, position, preset=args.preset, target=args.target,
-                               pictures=pictures, scanner=args.scanner) for seed, position in jobs]
+                               pictures=pictures, scanner=args.scanner, femur_top_mm=args.femur_top_mm)
+                   for seed, position in jobs]
         for done, ((seed, position), future) in enumerate(zip(jobs, futures), start=1):
             study_rows = future.result()
             rows.extend(study_rows)
             logger.info("[%d/%d] seed %d %s: %s (split %.1f s)", done, len(jobs), seed, position,
                         ", ".join(f"{r.side} {r.dice:.4f}" for r in study_rows if r.in_view) or "no femur",
                         study_rows[0].split_s)
-    report = report_markdown(rows, target=args.target, preset=args.preset, scanner=args.scanner)
+    report = report_markdown(rows, target=args.target, preset=args.preset, scanner=args.scanner,
+                             femur_top_mm=args.femur_top_mm)
     write_text_atomic(args.out / "splitter_accuracy.md", report)
     write_text_atomic(args.out / "splitter_accuracy.csv", report_csv(rows))
     dices = [r.dice for r in rows if not math.isnan(r.dice)]

@@ -8,10 +8,10 @@ here (0.9) are regression guards, not the product's target (>= 0.97 on ``standar
 
 from __future__ import annotations
 
-import highdicom as hd
 import numpy as np
 import pytest
 
+from evaluation.splitter_accuracy import top_of_the_femurs
 from operators.femur_classical import ClassicalSegmenterConfig
 from operators.femur_splitter import SplitterConfig, split_femurs
 from synthetic_ct import generate_phantom
@@ -99,21 +99,9 @@ def test_one_thigh_in_view_beside_a_leg_cut_by_the_field_of_view(side):
 
 
 def _top_of_the_femurs(phantom, length_mm: float):
-    """The phantom's CT cut to the slices within ``length_mm`` below the top of its femoral heads (and the
-    pelvis above), as an abdomen-pelvis CT sees the hips; with the truth femur masks on that grid."""
-    ct = phantom.ct
-    affine = np.asarray(ct.affine)
-    array = np.asarray(ct.array)
-    # LPS z (mm, towards the head) of each slice; the truth is on the CT's grid (z, y, x).
-    z_mm = affine[2, 3] + affine[2, 0] * np.arange(array.shape[0])
     truth = {side: phantom.femur_mask(side) for side in ("left", "right")}
-    top = z_mm[(truth["left"] | truth["right"]).any(axis=(1, 2))].max()
-    kept = np.flatnonzero(z_mm >= top - length_mm)
-    start, stop = int(kept.min()), int(kept.max()) + 1
-    cut_affine = affine.copy()
-    cut_affine[:3, 3] = affine[:3, 3] + affine[:3, 0] * start
-    cut = hd.Volume(array=array[start:stop], affine=cut_affine, coordinate_system="PATIENT")
-    return cut, {side: mask[start:stop] for side, mask in truth.items()}
+    cut, truth, _ = top_of_the_femurs(phantom.ct, truth, np.asarray(phantom.labels.array), length_mm)
+    return cut, truth
 
 
 def test_a_view_ending_at_the_lesser_trochanters_reports_no_femur_rather_than_another_bone():

@@ -138,3 +138,47 @@ def test_cohort_scanner_draws_are_the_training_cohorts_and_are_named_in_the_repo
                         side_correct=True, lesion_inside=math.nan, cyst_inside=math.nan, split_s=1.0)
     assert "`--scanner cohort`" in report_markdown([row], target=0.97, preset="standard", scanner="cohort")
     assert "--scanner" not in report_markdown([row], target=0.97, preset="standard")
+
+
+@pytest.mark.parametrize("slice_step_mm", [2.0, -2.0])  # slices going down the body, or up it
+def test_a_study_cut_to_the_top_of_its_femurs_keeps_those_slices_and_the_pelvis_above(slice_step_mm):
+    from evaluation.splitter_accuracy import top_of_the_femurs
+
+    # Slice k lies at LPS z = -300 + k * step; the femurs fill slices 1-8 of the (z, y, x) array.
+    ct = hd.Volume.from_attributes(
+        array=np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE), image_position=(-50.0, -60.0, -300.0),
+        image_orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), pixel_spacing=(1.0, 1.0),
+        spacing_between_slices=slice_step_mm, coordinate_system="PATIENT", frame_of_reference_uid="1.2.3",
+    )
+    going_up = ct.affine[2, 0] > 0  # LPS z of slice k: -300 + 2k going up the body, -300 - 2k going down
+    assert abs(ct.affine[2, 0]) == 2.0 and going_up == (slice_step_mm < 0)
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[_truth()["left"]] = 1
+    cut, truth, cut_labels = top_of_the_femurs(ct, _truth(), labels, length_mm=5.0)
+    # The highest femur slice is slice 8 (going up) or slice 1 (going down): with it, the two slices within
+    # 5 mm below it, and everything above.
+    kept = slice(6, 10) if going_up else slice(0, 4)
+    np.testing.assert_array_equal(cut.array, ct.array[kept])
+    np.testing.assert_array_equal(truth["left"], _truth()["left"][kept])
+    np.testing.assert_array_equal(cut_labels, labels[kept])
+    # The cut volume's slice 0 sits where the kept slice did, in patient coordinates.
+    np.testing.assert_allclose(cut.affine[:3, 3], ct.affine[:3, 3] + ct.affine[:3, 0] * kept.start)
+    np.testing.assert_allclose(cut.affine[:3, :3], ct.affine[:3, :3])
+    assert cut.frame_of_reference_uid == "1.2.3"
+    with pytest.raises(ValueError, match="length_mm must be positive"):
+        top_of_the_femurs(ct, _truth(), labels, length_mm=0.0)
+    with pytest.raises(ValueError, match="no femur"):
+        top_of_the_femurs(ct, {"left": np.zeros(SHAPE, bool)}, labels, length_mm=5.0)
+
+
+def test_the_command_cuts_studies_to_the_top_of_their_femurs_and_says_so(tmp_path):
+    out = tmp_path / "report"
+    # 8 cm of femur below the top of the heads hold no shaft: both femurs are missed (Dice 0), none invented.
+    assert main(["--seeds", "2", "--positions", "FFS", "--preset", "small", "--out", str(out),
+                 "--femur-top-mm", "80"]) == 0
+    with open(out / "splitter_accuracy.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["side"], float(r["dice"]), float(r["predicted_ml"])) for r in rows] == [
+        ("left", 0.0, 0.0), ("right", 0.0, 0.0)]
+    assert all(80.0 < float(r["truth_ml"]) for r in rows)  # the heads and necks are in view
+    assert "cut to 80 mm of femur" in (out / "splitter_accuracy.md").read_text()
