@@ -6,7 +6,10 @@ Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`
    bone = HU above a bone threshold inside the body, holes of every axial slice filled (marrow,
    cancellous bone, lytic lesions enclosed by cortex).
 2. **Markers.** Femur: the femoral shafts, found as the one large round solitary bone cross-section
-   per thigh over a run of slices (:mod:`operators.femur_shafts`). Other bone (pelvis, tibia, fibula,
+   per thigh over a run of slices (:mod:`operators.femur_shafts`). A thigh without such a run may be a view
+   that ends a few cm below the lesser trochanters (an abdomen-pelvis CT): there a shorter run, nearer other
+   bone, counts when a femoral head is fitted above it (:attr:`ClassicalSegmenterConfig.proximal_shaft`).
+   Other bone (pelvis, tibia, fibula,
    patella, spine): bone pieces that stay separate from the femur markers after a one-voxel erosion,
    bone farther from the femur along the bone (geodesic distance) than any femur reaches, and bone on
    the body midline between the two femurs (sacrum, pubic symphysis).
@@ -56,6 +59,11 @@ from operators.femur_shafts import ShaftCriteria, ShaftTrack, choose_femur_track
 from operators.geodesic_distance import geodesic_distance
 
 logger = logging.getLogger(__name__)
+
+#: Shortest shaft run and clearance from other bone (mm) of :attr:`ClassicalSegmenterConfig.proximal_shaft`: the
+#: shaft below the lesser trochanter, which the ischium comes close to, in a view that ends there.
+PROXIMAL_SHAFT_MIN_LENGTH_MM = 20.0
+PROXIMAL_SHAFT_CLEARANCE_MM = 20.0
 
 #: Label values of the segmenter's output (docs/CONVENTIONS.md): patient sides.
 LEFT_LABEL = 1
@@ -119,6 +127,10 @@ class ClassicalSegmenterConfig:
         Intensity above which a voxel is taken for metal.
     min_femur_volume_ml:
         Femur candidates smaller than this are dropped.
+    proximal_shaft:
+        Looser shaft rules for a view that ends a few cm below the lesser trochanters (an abdomen-pelvis CT),
+        tried only when no run meets ``shaft``: a run found with them counts only where a femoral head is
+        fitted above it. None: such views report no femur.
     fine_pass_threads:
         Femurs refined at full resolution at once: 1, 2, or None for 2 where at least 2 CPUs are usable
         and 1 otherwise. Two at once take a 512 x 512 x 600 study's split from about 12 to 10 s on 2
@@ -149,6 +161,10 @@ class ClassicalSegmenterConfig:
     min_femur_volume_ml: float = 15.0
     fine_pass_threads: int | None = None
     shaft: ShaftCriteria = field(default_factory=ShaftCriteria)
+    proximal_shaft: ShaftCriteria | None = field(
+        default_factory=lambda: ShaftCriteria(min_length_mm=PROXIMAL_SHAFT_MIN_LENGTH_MM,
+                                              clearance_mm=PROXIMAL_SHAFT_CLEARANCE_MM)
+    )
 
     def __post_init__(self) -> None:
         positive = (
@@ -555,6 +571,17 @@ def _segment_canonical(
             logger.debug("the body midline at %.0f mm ran through the only shaft run(s); ignoring it", midline_mm)
             midline_mm = None
     tracks = choose_femur_tracks(tracks, cspacing[0])
+    if len(tracks) < 2 and cfg.proximal_shaft is not None:
+        # A thigh without a run: the view may end a few cm below the lesser trochanters.
+        short = _proximal_tracks(image, view, coarse, bone, cspacing, factors, midline_mm, cfg.proximal_shaft)
+        # Only for a thigh that has no run yet (at least 6 cm beside each run found), keeping those found.
+        short = [r for r in short if all(abs(r.mean_centre_mm[1] - t.mean_centre_mm[1]) >= 60.0 for t in tracks)]
+        combined = choose_femur_tracks(tracks + short, cspacing[0]) if short else tracks
+        if len(combined) > len(tracks) and all(any(t is c for c in combined) for t in tracks):
+            tracks = combined
+            result.notes.append(
+                "femur(s) found from a short shaft run below the head: the view ends near the lesser trochanters"
+            )
     logger.debug(
         "coarse pass: factors %s, %d shaft run(s) in %.1f s", factors, len(tracks), time.perf_counter() - t0
     )
@@ -581,6 +608,43 @@ def _segment_canonical(
         logger.debug("fine pass %s: %.1f ml", side, volume_ml)
     logger.debug("fine pass of %d femur(s) in %.1f s", len(sides), time.perf_counter() - t1)
     return found
+
+
+def _proximal_tracks(
+    image: np.ndarray,
+    view: CanonicalView,
+    coarse: np.ndarray,
+    bone: np.ndarray,
+    cspacing: tuple[float, float, float],
+    factors: tuple[int, int, int],
+    midline_mm: float | None,
+    criteria: ShaftCriteria,
+) -> list[ShaftTrack]:
+    """Shaft runs under the looser ``criteria`` that have a femoral head above them.
+
+    Where the field of view ends a few cm below the lesser trochanters no run is long enough, or clear
+    enough of the ischium, for the usual rules. Looser rules alone also take pieces of pelvis for shafts;
+    a run counts here only where a ball in a socket (:func:`_find_head`) is fitted above and medial of it.
+    """
+    _, runs = find_shaft_tracks(bone, coarse, cspacing, criteria=criteria, midline_mm=midline_mm)
+    if not runs:
+        return []
+    full_spacing, shift = _full_grid(cspacing, factors)
+    confirmed = []
+    for run in runs:
+        midline_est = _midline_estimate([run], midline_mm, view, factors, cspacing)
+        if _find_head(coarse, image, run, cspacing, full_spacing, shift, midline_est) is not None:
+            confirmed.append(run)
+    logger.debug("%d short shaft run(s), %d with a femoral head above", len(runs), len(confirmed))
+    return confirmed
+
+
+def _full_grid(cspacing: tuple[float, ...], factors: tuple[int, ...]) -> tuple[tuple[float, ...], np.ndarray]:
+    """Full-resolution voxel size (mm) and the offset (mm) of a coarse voxel's centre from its first voxel's."""
+    full_spacing = tuple(c / f for c, f in zip(cspacing, factors))
+    # Coarse voxel k covers full voxels k*f .. k*f+f-1: its centre is (f-1)/2 full voxels further.
+    shift = np.array([(f - 1) / 2.0 * s for f, s in zip(factors, full_spacing)])
+    return full_spacing, shift
 
 
 def _refine_all(
@@ -690,9 +754,7 @@ def _coarse_labels(
 
     # Femoral heads: seed the femur inside each head and the pelvis beyond its cup.
     heads: dict[int, HeadSphere] = {}
-    # Coarse voxel k covers full voxels k*f .. k*f+f-1: its centre is (f-1)/2 full voxels further.
-    full_spacing = tuple(c / f for c, f in zip(cspacing, factors))
-    shift = np.array([(f - 1) / 2.0 * s for f, s in zip(factors, full_spacing)])
+    full_spacing, shift = _full_grid(cspacing, factors)
     for fid, track in enumerate(tracks, start=1):
         sphere = _find_head(coarse, image, track, cspacing, full_spacing, shift, midline_mm)
         if sphere is None:

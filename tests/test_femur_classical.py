@@ -104,20 +104,33 @@ def _top_of_the_femurs(phantom, length_mm: float):
     return cut, truth
 
 
-def test_a_view_ending_at_the_lesser_trochanters_reports_no_femur_rather_than_another_bone():
-    # The splitter starts from the femoral shafts: a view holding 8 cm of femur (head, neck, trochanters)
-    # has no shaft run, and must say so instead of cutting out a piece of pelvis. Shaft rules relaxed to
-    # 2 cm runs did take a pelvic bone for a femur in such a view. 20 cm of femur are found as usual.
+def test_a_view_of_the_hips_and_neck_only_reports_no_femur_rather_than_another_bone():
+    # 8 cm of femur below the top of the heads (head, neck, trochanters) hold no shaft at all. Looser shaft
+    # rules without a femoral head above the run took a piece of pelvis for a femur in this view: the runs
+    # they find must have a head fitted above them.
     phantom = generate_phantom(2, "small", patient_position="FFS")
     hips, _ = _top_of_the_femurs(phantom, 80.0)
     split = split_femurs(hips)
     assert split.femurs == {}
     assert "femoral shaft" in split.no_femur_reason
-    longer, truth = _top_of_the_femurs(phantom, 200.0)
-    split = split_femurs(longer)
-    assert set(split.femurs) == {"left", "right"}
+
+
+@pytest.mark.parametrize("femur_mm", [110.0, 200.0])
+def test_femurs_are_found_in_a_view_ending_near_the_lesser_trochanters(femur_mm):
+    # An abdomen-pelvis CT ends a few cm below the lesser trochanters: too little shaft, and too close to the
+    # ischium, for the usual shaft rules (4 cm runs, 35 mm clearance). The short runs below the heads count
+    # once a head is fitted above each; with 20 cm of femur the usual rules find the shafts themselves.
+    phantom = generate_phantom(2, "small", patient_position="FFS")
+    view, truth = _top_of_the_femurs(phantom, femur_mm)
+    split = split_femurs(view)
+    assert set(split.femurs) == {"left", "right"}, split.notes
     for side in ("left", "right"):
         assert _dice(split.femurs[side].full_mask(), truth[side]) > 0.85, side
+    short_runs_note = any("short shaft run" in note for note in split.notes)
+    assert short_runs_note == (femur_mm < 150.0)
+    if femur_mm < 150.0:
+        config = SplitterConfig(classical=ClassicalSegmenterConfig(proximal_shaft=None))
+        assert split_femurs(view, config=config).femurs == {}  # the usual rules alone find none here
 
 
 @pytest.mark.slow
