@@ -129,8 +129,9 @@ class ClassicalSegmenterConfig:
         Femur candidates smaller than this are dropped.
     proximal_shaft:
         Looser shaft rules for a view that ends a few cm below the lesser trochanters (an abdomen-pelvis CT),
-        tried only when no run meets ``shaft``: a run found with them counts only where a femoral head is
-        fitted above it. None: such views report no femur.
+        tried for a thigh where no run meets ``shaft``: a run found with them counts only where a femoral
+        head is fitted above it (that head is fitted again with both femurs' runs known, as for any run).
+        None: such thighs report no femur.
     fine_pass_threads:
         Femurs refined at full resolution at once: 1, 2, or None for 2 where at least 2 CPUs are usable
         and 1 otherwise. Two at once take a 512 x 512 x 600 study's split from about 12 to 10 s on 2
