@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import threading
+import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -274,6 +276,9 @@ class LesionModel:
         self._min_lesion_volume_ml = float(min_lesion_volume_ml)
         names = {str(name).strip().casefold(): value for value, name in info.label_names.items()}
         self._lesion_value = int(names.get("lesion", 1))
+        # One prediction at a time: the warm-up thread and the callers share one nnUNetPredictor.
+        self._predict_lock = threading.Lock()
+        self._warm_up_thread: threading.Thread | None = None
 
     @classmethod
     def from_folder(
@@ -286,6 +291,7 @@ class LesionModel:
         use_mirroring: bool = True,
         tile_step_size: float = 0.5,
         apply_postprocessing: bool = True,
+        warm_up: bool | None = None,
     ) -> LesionModel:
         """Load a model from an nnU-Net trained-model folder or an exported zip.
 
@@ -312,6 +318,10 @@ class LesionModel:
             Apply the post-processing nnU-Net chose on cross-validation (``postprocessing.pkl``
             beside plans.json), when the folder holds one, and drop lesion components smaller than
             the model's ``model.json`` declares (``postprocessing.min_lesion_volume_ml``).
+        warm_up : bool or None
+            Start :meth:`start_warm_up` at once. None (the default) does so on CUDA only, where the
+            first prediction otherwise pays seconds of one-off device costs; on a CPU the warm-up
+            would only take cores from the work that runs beside it.
 
         Raises
         ------
@@ -333,10 +343,14 @@ class LesionModel:
                 with zipfile.ZipFile(path) as archive:
                     archive.extractall(tmp)
                 folder = _find_model_folder_in(Path(tmp), archive_name=path.name)
-                return cls._load(folder, torch_device, folds, checkpoint, use_mirroring, tile_step_size,
-                                 apply_postprocessing, source=path)
-        return cls._load(path, torch_device, folds, checkpoint, use_mirroring, tile_step_size,
-                         apply_postprocessing, source=path)
+                model = cls._load(folder, torch_device, folds, checkpoint, use_mirroring, tile_step_size,
+                                  apply_postprocessing, source=path)
+        else:
+            model = cls._load(path, torch_device, folds, checkpoint, use_mirroring, tile_step_size,
+                              apply_postprocessing, source=path)
+        if warm_up or (warm_up is None and torch_device.type == "cuda"):
+            model.start_warm_up()
+        return model
 
     @classmethod
     def _load(
@@ -391,6 +405,46 @@ class LesionModel:
         """The torch device the model runs on, e.g. ``"cpu"`` or ``"cuda:0"``."""
         return str(self._predictor.device)
 
+    def start_warm_up(self) -> None:
+        """Run one sliding-window patch through the whole prediction, in a background thread.
+
+        The first prediction on a GPU pays one-off costs: cuDNN's search for the fastest convolution
+        algorithms at the patch size, the device's kernels loading, nnU-Net's first-call set-up. Paid
+        here, while the caller loads the CT and splits the femurs on the CPU, they leave the first
+        femur's prediction. The patch is synthetic, on the model's own grid (no resampling); its result
+        is dropped. :meth:`predict` waits for a running warm-up, so results never depend on it. A
+        failed warm-up is logged as a warning; the first prediction then pays as before. Calling it
+        again does nothing.
+        """
+        if self._warm_up_thread is not None:
+            return
+        self._warm_up_thread = threading.Thread(target=self._warm_up, name="lesion-model-warm-up", daemon=True)
+        self._warm_up_thread.start()
+
+    def wait_for_warm_up(self) -> None:
+        """Block until a started warm-up has finished (returns at once when none was started)."""
+        if self._warm_up_thread is not None:
+            self._warm_up_thread.join()
+
+    def _warm_up(self) -> None:
+        start = time.perf_counter()
+        manager = self._predictor.configuration_manager
+        patch_zyx = tuple(int(n) for n in manager.patch_size)
+        # Bone-like values (HU), all non-zero so that nnU-Net's crop to non-zero keeps the whole patch.
+        data = np.random.default_rng(0).normal(300.0, 150.0, size=(1, *patch_zyx)).astype(np.float32)
+        data[data == 0] = 1.0
+        try:
+            with self._predict_lock:
+                self._predictor.predict_single_npy_array(
+                    data, {"spacing": [float(s) for s in manager.spacing]}, None, None, False
+                )
+        except Exception as error:  # noqa: BLE001 - a failed warm-up only costs the first prediction time
+            logger.warning("lesion model warm-up failed (the first femur pays the set-up instead): %s: %s",
+                           type(error).__name__, error)
+            return
+        logger.info("lesion model warmed up on %s in %.1f s (one %s patch)", self.device,
+                    time.perf_counter() - start, "x".join(str(n) for n in patch_zyx))
+
     def predict(
         self, volume: hd.Volume, *, return_probabilities: bool = False, postprocess: bool = True
     ) -> LesionPrediction:
@@ -425,9 +479,10 @@ class LesionModel:
                 probabilities[0] = 1.0
             return LesionPrediction(labels=labels, probabilities=probabilities)
 
-        result = self._predictor.predict_single_npy_array(
-            nnunet_input.array, nnunet_input.nnunet_properties, None, None, return_probabilities
-        )
+        with self._predict_lock:
+            result = self._predictor.predict_single_npy_array(
+                nnunet_input.array, nnunet_input.nnunet_properties, None, None, return_probabilities
+            )
         segmentation, probabilities = result if return_probabilities else (result, None)
         labels = nnunet_input.to_original(np.asarray(segmentation).astype(np.uint8, copy=False))
         if postprocess:

@@ -368,3 +368,28 @@ def test_a_model_that_names_its_own_output_resampling_keeps_it(untrained_model: 
     configuration = model._predictor.configuration_manager.configuration
     assert configuration["resampling_fn_probabilities"] == "resample_data_or_seg_to_shape"
     assert configuration["resampling_fn_probabilities_kwargs"]["order"] == 3
+
+
+def test_warm_up_runs_in_the_background_and_leaves_predictions_as_they_were(
+        untrained_model: Path, caplog: pytest.LogCaptureFixture) -> None:
+    crop = _crop_for("FPR")
+    cold = LesionModel.from_folder(untrained_model, device="cpu", use_mirroring=False)
+    expected = cold.predict(crop, return_probabilities=True)
+
+    with caplog.at_level("INFO", logger="operators.lesion_model"):
+        warm = LesionModel.from_folder(untrained_model, device="cpu", use_mirroring=False, warm_up=True)
+        # predict waits for the warm-up (both use one nnU-Net predictor), whether or not it has finished.
+        prediction = warm.predict(crop, return_probabilities=True)
+        warm.wait_for_warm_up()
+    warmed = [r.getMessage() for r in caplog.records if "warmed up" in r.getMessage()]
+    assert len(warmed) == 1 and "on cpu" in warmed[0], caplog.text
+    assert "warm-up failed" not in caplog.text
+    assert np.array_equal(prediction.labels, expected.labels)
+    assert np.array_equal(prediction.probabilities, expected.probabilities)
+
+
+def test_no_warm_up_on_a_cpu_unless_asked(untrained_model: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="operators.lesion_model"):
+        model = LesionModel.from_folder(untrained_model, device="cpu", use_mirroring=False)
+        model.wait_for_warm_up()  # returns at once: none was started
+    assert "warmed up" not in caplog.text

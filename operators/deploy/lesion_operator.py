@@ -9,6 +9,7 @@ from typing import Any
 
 from monai.deploy.core import ExecutionContext, Fragment, InputContext, Operator, OperatorSpec, OutputContext
 
+from operators.errors import FemurSegError
 from operators.femur_splitter import FemurSplit
 from operators.lesion_model import LesionModel
 from operators.lesion_segmentation import StudySegmentation, resolve_model_path, segment_lesions
@@ -20,7 +21,9 @@ class FemurLesionOperator(Operator):
     """Runs the lesion model on every femur-only crop and maps the lesions back onto the CT's grid.
 
     A thin shell over :func:`operators.lesion_segmentation.segment_lesions`. The model is loaded once,
-    on the first study, and kept for the operator's lifetime.
+    when the application starts, and kept for the operator's lifetime. On a GPU its warm-up
+    (:meth:`~operators.lesion_model.LesionModel.start_warm_up`) then runs while the study is loaded and
+    its femurs are split.
 
     Named input:
         femur_split: :class:`~operators.femur_splitter.FemurSplit` -- the femurs of the CT, each with its
@@ -55,7 +58,8 @@ class FemurLesionOperator(Operator):
             Conditions and resources, passed to :class:`monai.deploy.core.Operator`.
         model_path : pathlib.Path
             The nnU-Net lesion model: a model folder or zip, or a folder holding exactly one (as a MAP
-            mounts ``/opt/holoscan/models/<name>/``). Checked here; the weights are read on first use.
+            mounts ``/opt/holoscan/models/<name>/``). Checked here; the weights are read when the
+            application starts.
         device : str
             ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         use_mirroring : bool
@@ -73,6 +77,7 @@ class FemurLesionOperator(Operator):
         self.device = device
         self.use_mirroring = use_mirroring
         self._model: LesionModel | None = None
+        self._load_error: FemurSegError | None = None
         # The base class calls setup(), so the attributes above must exist first.
         super().__init__(fragment, *args, **kwargs)
 
@@ -81,9 +86,22 @@ class FemurLesionOperator(Operator):
         spec.input(self.INPUT_NAME)
         spec.output(self.OUTPUT_NAME)
 
+    def start(self) -> None:
+        """Load the model as the application starts, before any study arrives.
+
+        A model that cannot be loaded is reported by :meth:`compute` (the application's error path for
+        problems found while a study is processed), not here.
+        """
+        try:
+            _ = self.model
+        except FemurSegError as error:
+            self._load_error = error
+
     @property
     def model(self) -> LesionModel:
         """The lesion model, loaded on first access."""
+        if self._load_error is not None:
+            raise self._load_error
         if self._model is None:
             start = time.perf_counter()
             self._model = LesionModel.from_folder(self.model_path, device=self.device,
