@@ -172,10 +172,9 @@ def render_overview(
     pathlib.Path
         ``out_path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object-oriented API, not pyplot: no global figure registry, so the overview can be drawn in a
+    # thread beside other work (the study outputs draw it while the SEG is written).
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     ct_d, lab_d = display_orientation(ct, labels)
@@ -208,7 +207,7 @@ def render_overview(
     coronal_aspect = (nz * sz) / max(nx * sx, 1e-6)
     fig_h = min(max(1.3 * panel_w * coronal_aspect, panel_w), 12.0) + 0.9
     fig_w = 1.3 * panel_w + panel_w * len(axial_slices) + 0.4
-    fig = plt.figure(figsize=(fig_w, fig_h), dpi=110)
+    fig = Figure(figsize=(fig_w, fig_h), dpi=110)
     widths = [1.3] + [1.0] * len(axial_slices)
     grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.05)
 
@@ -232,10 +231,7 @@ def render_overview(
         fig.suptitle(title, fontsize=10)
 
     out_path = Path(out_path)
-    try:
-        with atomic_output_path(out_path) as tmp:
-            fig.savefig(tmp, bbox_inches="tight", format="png")
-    finally:
-        plt.close(fig)
+    with atomic_output_path(out_path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", format="png")
     logger.info("wrote overview %s", out_path.name)
     return out_path

@@ -38,10 +38,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 
@@ -103,7 +105,8 @@ class OutputFiles:
     notes:
         Why an output was not written, one line each.
     seconds:
-        Wall time per step ("findings", "seg", "sr", "report", "overview"), s.
+        Wall time per step ("findings", "seg", "sr", "report", "overview"), s. The overview is drawn
+        beside the other steps, so the steps add up to more than the whole.
     """
 
     folder: Path
@@ -215,56 +218,61 @@ def write_study_outputs(
     seconds: dict[str, float] = {}
     notes: list[str] = []
 
-    start = time.perf_counter()
-    # Each femur measured in its crop box: the full-grid result without four full-grid masks (600 MB
-    # for a 512x512x600 CT).
-    findings = study_findings_in_boxes(
-        grid=ct,
-        femurs={side: (femur.crop.box, femur.crop.mask, femur.lesion) for side, femur in segmentation.femurs.items()},
-        config=findings_config,
-    )
-    seconds["findings"] = time.perf_counter() - start
-
-    header = loaded.source_datasets[0] if loaded.source_datasets else None
-    missing = _missing_uids(header)
-    if missing:
-        notes.append(f"no DICOM SEG or SR: the CT series has no {', '.join(missing)} to reference")
-    if not segmentation.femur_in_view:
-        reason = segmentation.no_femur_reason or split.no_femur_reason or "none found"
-        notes.append(f"no DICOM SEG: no femur in view ({reason})")
-
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".outputs-", suffix=".partial", dir=out_dir))
     try:
-        seg: Dataset | None = None
-        if segmentation.femur_in_view and not missing:
-            start = time.perf_counter()
-            segments = segment_masks(segmentation)
-            seg = build_segmentation(source_datasets=loaded.source_datasets, ct=ct, segments=segments,
-                                     algorithm=algorithm, software_version=version)
-            write_dataset(seg, staging / SEG_FILE)
-            seconds["seg"] = time.perf_counter() - start
-            logger.info("SEG: %s", ", ".join(repr(s.spec.label) for s in segments))
+        # The overview is drawn in a thread beside the findings, SEG and SR: it reads the CT and the labels
+        # only, and much of either side's time is spent outside the interpreter lock (numpy, Agg, zlib).
+        # Leaving the block waits for it, also on an error, before the staging folder goes.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="overview") as drawing:
+            drawn = (drawing.submit(_draw_overview, ct, segmentation, staging / OVERVIEW_FILE, algorithm)
+                     if overview else None)
 
-        sr: Dataset | None = None
-        if not missing:
             start = time.perf_counter()
-            sr = build_findings_sr(findings=findings, source_datasets=loaded.source_datasets, algorithm=algorithm,
-                                   segmentation=seg, software_version=version)
-            write_findings_sr(sr, staging / SR_FILE)
-            seconds["sr"] = time.perf_counter() - start
+            # Each femur measured in its crop box: the full-grid result without four full-grid masks
+            # (600 MB for a 512x512x600 CT).
+            findings = study_findings_in_boxes(
+                grid=ct,
+                femurs={side: (femur.crop.box, femur.crop.mask, femur.lesion)
+                        for side, femur in segmentation.femurs.items()},
+                config=findings_config,
+            )
+            seconds["findings"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        write_findings_report(staging, findings=findings, algorithm=algorithm, software_version=version,
-                              ct=header, segmentation=seg, structured_report=sr,
-                              json_name=REPORT_FILE, text_name=SUMMARY_FILE)
-        seconds["report"] = time.perf_counter() - start
+            header = loaded.source_datasets[0] if loaded.source_datasets else None
+            missing = _missing_uids(header)
+            if missing:
+                notes.append(f"no DICOM SEG or SR: the CT series has no {', '.join(missing)} to reference")
+            if not segmentation.femur_in_view:
+                reason = segmentation.no_femur_reason or split.no_femur_reason or "none found"
+                notes.append(f"no DICOM SEG: no femur in view ({reason})")
 
-        if overview:
+            seg: Dataset | None = None
+            if segmentation.femur_in_view and not missing:
+                start = time.perf_counter()
+                segments = segment_masks(segmentation)
+                seg = build_segmentation(source_datasets=loaded.source_datasets, ct=ct, segments=segments,
+                                         algorithm=algorithm, software_version=version)
+                write_dataset(seg, staging / SEG_FILE)
+                seconds["seg"] = time.perf_counter() - start
+                logger.info("SEG: %s", ", ".join(repr(s.spec.label) for s in segments))
+
+            sr: Dataset | None = None
+            if not missing:
+                start = time.perf_counter()
+                sr = build_findings_sr(findings=findings, source_datasets=loaded.source_datasets,
+                                       algorithm=algorithm, segmentation=seg, software_version=version)
+                write_findings_sr(sr, staging / SR_FILE)
+                seconds["sr"] = time.perf_counter() - start
+
             start = time.perf_counter()
-            render_overview(ct, segmentation.label_map(), staging / OVERVIEW_FILE,
-                            title=f"Femurs and lytic lesions ({algorithm.name} {algorithm.version})")
-            seconds["overview"] = time.perf_counter() - start
+            write_findings_report(staging, findings=findings, algorithm=algorithm, software_version=version,
+                                  ct=header, segmentation=seg, structured_report=sr,
+                                  json_name=REPORT_FILE, text_name=SUMMARY_FILE)
+            seconds["report"] = time.perf_counter() - start
+
+            if drawn is not None:
+                seconds["overview"] = drawn.result()
 
         written = _move_into_place(staging, out_dir)
     finally:
@@ -286,6 +294,14 @@ def write_study_outputs(
     logger.info("wrote %s (%s)", ", ".join(p.name for p in result.paths()),
                 ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return result
+
+
+def _draw_overview(ct: hd.Volume, segmentation: StudySegmentation, path: Path, algorithm: AlgorithmInfo) -> float:
+    """Render overview.png (see :func:`operators.overview.render_overview`); returns the seconds it took."""
+    start = time.perf_counter()
+    render_overview(ct, segmentation.label_map(), path,
+                    title=f"Femurs and lytic lesions ({algorithm.name} {algorithm.version})")
+    return time.perf_counter() - start
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> dict[str, Path]:
