@@ -24,6 +24,11 @@ Environment variables tune where and how the models run:
 ``FEMUR_LESION_MIRRORING``
     ``1`` (default) or ``0``: nnU-Net's test-time mirroring, up to 8 passes per patch. Turning it off
     makes inference up to 8 times faster (worth it on a CPU-only machine) at some cost in accuracy.
+``FEMUR_LESION_INPUT_RESAMPLING``
+    How each femur crop is resampled to the model's spacing: ``torch`` (default: nnU-Net's linear
+    torch resampling on the model's device) or ``plans`` (as the model's plans say: nnU-Net's cubic
+    spline on the CPU, as in training, about a third slower per femur on 2 CPU cores; see
+    :mod:`operators.nnunet_predictor`).
 ``FEMUR_SPLITTER_MODEL``
     A learned femur model for the splitter instead of the weight-free default: an nnU-Net model folder
     or a ``femur_model.json`` settings file (:func:`operators.femur_nnunet.femur_segmenter_from_settings`).
@@ -59,12 +64,15 @@ from operators.femur_splitter import FemurSegmenter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEVICE_VARIABLE", "FEMUR_MODEL_VARIABLE", "FemurLesionSegApp", "MIRRORING_VARIABLE", "StageTimings"]
+__all__ = ["DEVICE_VARIABLE", "FEMUR_MODEL_VARIABLE", "FemurLesionSegApp", "INPUT_RESAMPLING_VARIABLE",
+           "MIRRORING_VARIABLE", "StageTimings"]
 
 #: Where the lesion model runs: auto (default), cpu, cuda, cuda:N.
 DEVICE_VARIABLE = "FEMUR_LESION_DEVICE"
 #: nnU-Net's test-time mirroring: 1 (default) or 0.
 MIRRORING_VARIABLE = "FEMUR_LESION_MIRRORING"
+#: Resampling of the crops to the model's spacing: torch (default) or plans.
+INPUT_RESAMPLING_VARIABLE = "FEMUR_LESION_INPUT_RESAMPLING"
 #: A learned femur model for the splitter (model folder or femur_model.json); unset: the classical splitter.
 FEMUR_MODEL_VARIABLE = "FEMUR_SPLITTER_MODEL"
 _TRUE = ("1", "true", "yes", "on")
@@ -156,12 +164,15 @@ class FemurLesionSegApp(Application):
         ``"cuda:N"``; default ``FEMUR_LESION_DEVICE``, else ``"auto"``.
     use_mirroring : bool, optional
         nnU-Net's test-time mirroring; default ``FEMUR_LESION_MIRRORING``, else on.
+    input_resampling : str, optional
+        ``"torch"`` or ``"plans"``; default ``FEMUR_LESION_INPUT_RESAMPLING``, else ``"torch"``.
     """
 
     def __init__(self, *args: Any, device: str | None = None, use_mirroring: bool | None = None,
-                 **kwargs: Any) -> None:
+                 input_resampling: str | None = None, **kwargs: Any) -> None:
         self.device = device
         self.use_mirroring = use_mirroring
+        self.input_resampling = input_resampling
         self.timings = StageTimings()
         self.failure: FemurSegError | None = None
         self.input_folder: Path | None = None
@@ -176,15 +187,18 @@ class FemurLesionSegApp(Application):
         self.output_folder = Path(app_context.output_path)
         device = _device_setting(self.device)
         use_mirroring = _mirroring_setting(self.use_mirroring)
-        logger.info("input %s, output %s, model %s; lesion model on %s, mirroring %s", self.input_folder,
-                    self.output_folder, app_context.model_path, device, "on" if use_mirroring else "off")
+        input_resampling = _input_resampling_setting(self.input_resampling)
+        logger.info("input %s, output %s, model %s; lesion model on %s, mirroring %s, input resampling %s",
+                    self.input_folder, self.output_folder, app_context.model_path, device,
+                    "on" if use_mirroring else "off", input_resampling)
         femur_segmenter = _femur_segmenter_setting(device)
 
         loader = _StudyLoader(self, CountCondition(self, 1), stage="load", input_folder=self.input_folder,
                               name="study_loader")
         splitter = _FemurSplitter(self, stage="split", segmenter=femur_segmenter, name="femur_splitter")
         lesions = _LesionSegmenter(self, stage="lesions", model_path=Path(app_context.model_path),
-                                   device=device, use_mirroring=use_mirroring, name="lesion_segmenter")
+                                   device=device, use_mirroring=use_mirroring, input_resampling=input_resampling,
+                                   name="lesion_segmenter")
         self.model_path = lesions.model_path
         outputs = _StudyOutputs(self, stage="outputs", output_folder=self.output_folder, name="study_outputs")
 
@@ -218,6 +232,19 @@ def _femur_segmenter_setting(device: str) -> FemurSegmenter | None:
         return femur_segmenter_from_setting(os.environ.get(FEMUR_MODEL_VARIABLE), device=device)
     except ModelFolderError as error:
         raise ModelFolderError(f"{error} (from {FEMUR_MODEL_VARIABLE})") from None
+
+
+def _input_resampling_setting(input_resampling: str | None) -> str:
+    """The crops' resampling: the argument, else ``FEMUR_LESION_INPUT_RESAMPLING``, else the default; checked."""
+    from operators.lesion_model import DEFAULT_INPUT_RESAMPLING
+    from operators.nnunet_predictor import INPUT_RESAMPLING_CHOICES
+
+    value = (input_resampling if input_resampling is not None
+             else os.environ.get(INPUT_RESAMPLING_VARIABLE, "") or DEFAULT_INPUT_RESAMPLING).strip().lower()
+    if value not in INPUT_RESAMPLING_CHOICES:
+        raise FemurSegError(f"{INPUT_RESAMPLING_VARIABLE} must be {' or '.join(INPUT_RESAMPLING_CHOICES)}, "
+                            f"got {value!r}")
+    return value
 
 
 def _mirroring_setting(use_mirroring: bool | None) -> bool:

@@ -33,7 +33,7 @@ import numpy as np
 
 from operators.errors import InputError, ModelFolderError
 from operators.lesion_postprocessing import min_lesion_volume_ml, remove_small_components
-from operators.nnunet_predictor import load_predictor, resolve_device
+from operators.nnunet_predictor import INPUT_RESAMPLING_CHOICES, load_predictor, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ CANONICAL_ORIENTATION = "HPL"
 MODEL_INFO_FILE = "model.json"
 
 _UNVERSIONED = "unversioned"
+
+#: How crops are resampled to the model's spacing unless asked otherwise (see operators.nnunet_predictor).
+DEFAULT_INPUT_RESAMPLING = "torch"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,6 +294,7 @@ class LesionModel:
         use_mirroring: bool = True,
         tile_step_size: float = 0.5,
         apply_postprocessing: bool = True,
+        input_resampling: str = DEFAULT_INPUT_RESAMPLING,
         warm_up: bool | None = None,
     ) -> LesionModel:
         """Load a model from an nnU-Net trained-model folder or an exported zip.
@@ -318,6 +322,10 @@ class LesionModel:
             Apply the post-processing nnU-Net chose on cross-validation (``postprocessing.pkl``
             beside plans.json), when the folder holds one, and drop lesion components smaller than
             the model's ``model.json`` declares (``postprocessing.min_lesion_volume_ml``).
+        input_resampling : str
+            How the crop is resampled to the model's spacing: ``"torch"`` (the default: nnU-Net's
+            linear torch resampling on the model's device) or ``"plans"`` as the model's plans say
+            (nnU-Net's cubic spline on the CPU, as in training); see :mod:`operators.nnunet_predictor`.
         warm_up : bool or None
             Start :meth:`start_warm_up` at once. None (the default) does so on CUDA only, where the
             first prediction otherwise pays seconds of one-off device costs; on a CPU the warm-up
@@ -331,6 +339,9 @@ class LesionModel:
         """
         if not 0.0 < tile_step_size <= 1.0:
             raise ValueError(f"tile_step_size must be in (0, 1], got {tile_step_size}")
+        if input_resampling not in INPUT_RESAMPLING_CHOICES:
+            raise ValueError(f"input_resampling must be one of {', '.join(INPUT_RESAMPLING_CHOICES)}, "
+                             f"got {input_resampling!r}")
         torch_device = resolve_device(device)
         path = Path(path)
         if not path.exists():
@@ -344,10 +355,10 @@ class LesionModel:
                     archive.extractall(tmp)
                 folder = _find_model_folder_in(Path(tmp), archive_name=path.name)
                 model = cls._load(folder, torch_device, folds, checkpoint, use_mirroring, tile_step_size,
-                                  apply_postprocessing, source=path)
+                                  apply_postprocessing, input_resampling, source=path)
         else:
             model = cls._load(path, torch_device, folds, checkpoint, use_mirroring, tile_step_size,
-                              apply_postprocessing, source=path)
+                              apply_postprocessing, input_resampling, source=path)
         if warm_up or (warm_up is None and torch_device.type == "cuda"):
             model.start_warm_up()
         return model
@@ -362,13 +373,15 @@ class LesionModel:
         use_mirroring: bool,
         tile_step_size: float,
         apply_postprocessing: bool,
+        input_resampling: str,
         *,
         source: Path,
     ) -> LesionModel:
         folds = _check_model_folder(folder, folds, checkpoint)
         try:
             predictor = load_predictor(folder, device=device, folds=folds, checkpoint_name=checkpoint,
-                                       use_mirroring=use_mirroring, tile_step_size=tile_step_size)
+                                       use_mirroring=use_mirroring, tile_step_size=tile_step_size,
+                                       input_resampling=input_resampling)
         except Exception as error:  # noqa: BLE001 - any failure to load is a problem with the model folder
             if "Could not find requested nnunet trainer" in str(error):
                 raise ModelFolderError(
@@ -388,9 +401,9 @@ class LesionModel:
         except ValueError as error:
             raise ModelFolderError(f"lesion model {source}: {error}") from error
         logger.info(
-            "loaded lesion model %s %s (%s, folds %s) on %s, mirroring %s%s%s",
+            "loaded lesion model %s %s (%s, folds %s) on %s, mirroring %s, input resampling %s%s%s",
             info.name, info.version, info.configuration, list(info.folds), device,
-            "on" if use_mirroring else "off", ", with post-processing" if postprocessing else "",
+            "on" if use_mirroring else "off", input_resampling, ", with post-processing" if postprocessing else "",
             f", lesions under {min_volume:g} ml dropped" if min_volume else "",
         )
         return cls(predictor, info, postprocessing, min_lesion_volume_ml=min_volume)

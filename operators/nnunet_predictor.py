@@ -16,7 +16,17 @@ Where the plans name exactly that default, the predictor uses nnU-Net's own torc
 (``resample_torch_fornnunet``, the same interpolation, the same rule for anisotropic axes) on the
 predictor's device instead. Measured with the shipped model: the labels of the two femur crops of a
 standard study (18 M voxels) differed in 1 voxel, those of a 3 mm-slice crop in none, and no probability
-by more than 3e-4. The input's resampling, which the model was trained with, stays nnU-Net's spline.
+by more than 3e-4.
+
+The input's resampling to the model's spacing is a choice (``input_resampling``). ``"plans"`` keeps what
+the plans name, nnU-Net's default cubic spline through SciPy on the CPU, with which the model was trained:
+about 3 s of a standard femur crop's 9 s on 2 CPU cores, and most of a femur's time on a GPU. ``"torch"``
+uses nnU-Net's torch resampling on the predictor's device (linear, with the same rule for anisotropic axes)
+for the image and for its non-zero mask, where the plans name nnU-Net's defaults. Linear is not the spline
+the model saw in training, so labels change at lesion borders; on the shipped model's 20 held-out femurs
+the mean lesion Dice was the same (0.398 against 0.394) and each femur took a third less time
+(docs/benchmarks/README.md). The lesion model uses ``"torch"`` unless told otherwise; a femur model,
+``"plans"``.
 """
 
 from __future__ import annotations
@@ -59,13 +69,18 @@ def load_predictor(
     checkpoint_name: str,
     use_mirroring: bool,
     tile_step_size: float,
+    input_resampling: str = "plans",
 ) -> Any:
     """An initialised ``nnUNetPredictor`` for the trained model in ``folder``.
 
     Gaussian patch weighting as nnU-Net's default; the whole pipeline stays on the device only on
-    CUDA (on a CPU, nnU-Net's own device handling is the faster path). Loading errors are nnU-Net's
-    own; callers turn them into messages about their model.
+    CUDA (on a CPU, nnU-Net's own device handling is the faster path). ``input_resampling`` is
+    ``"plans"`` or ``"torch"`` (see the module docstring). Loading errors are nnU-Net's own; callers
+    turn them into messages about their model.
     """
+    if input_resampling not in INPUT_RESAMPLING_CHOICES:
+        raise ValueError(f"input_resampling must be one of {', '.join(INPUT_RESAMPLING_CHOICES)}, "
+                         f"got {input_resampling!r}")
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     _use_fast_hole_filling()
@@ -80,41 +95,64 @@ def load_predictor(
         allow_tqdm=False,
     )
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds, checkpoint_name=checkpoint_name)
-    _resample_output_with_torch(predictor, device)
+    _resample_with_torch(predictor, device, _OUTPUT_RESAMPLING)
+    if input_resampling == "torch":
+        _resample_with_torch(predictor, device, _INPUT_RESAMPLING)
     return predictor
 
 
-#: nnU-Net's default resampling of the network's output, as its planners write it into plans.json.
-_DEFAULT_OUTPUT_RESAMPLING = (
-    "resample_data_or_seg_to_shape",
-    {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-)
+#: Values of ``input_resampling``: the model's plans as they are, or nnU-Net's torch resampling.
+INPUT_RESAMPLING_CHOICES = ("plans", "torch")
 
 
-def _resample_output_with_torch(predictor: Any, device: Any) -> None:
-    """Resample the network's output with nnU-Net's torch resampling on ``device`` (see the module docstring).
+#: nnU-Net's default resamplings, as its planners write them into plans.json: per configuration entry,
+#: (function name, keyword arguments) and whether it resamples a label map (``is_seg``).
+_OUTPUT_RESAMPLING = {
+    "resampling_fn_probabilities": (
+        ("resample_data_or_seg_to_shape", {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}),
+        False,
+    ),
+}
+_INPUT_RESAMPLING = {
+    # The image, and the non-zero mask nnU-Net's crop to non-zero derives from it (0 inside, -1 outside).
+    "resampling_fn_data": (
+        ("resample_data_or_seg_to_shape", {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}),
+        False,
+    ),
+    "resampling_fn_seg": (
+        ("resample_data_or_seg_to_shape", {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None}),
+        True,
+    ),
+}
 
-    Only a model whose plans name nnU-Net's default output resampling is changed; one that chose its own
-    keeps it.
+
+def _resample_with_torch(predictor: Any, device: Any, entries: dict[str, tuple[tuple[str, dict], bool]]) -> None:
+    """Point the plans' ``entries`` at nnU-Net's torch resampling on ``device`` (see the module docstring).
+
+    Only an entry that names nnU-Net's default (function and keyword arguments) is changed; a model
+    that chose its own resampling keeps it.
     """
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
     # Only top-level entries are replaced: a shallow copy leaves the loaded plans as they are.
     configuration = dict(predictor.configuration_manager.configuration)
-    named = (configuration.get("resampling_fn_probabilities"), configuration.get("resampling_fn_probabilities_kwargs"))
-    if named != _DEFAULT_OUTPUT_RESAMPLING:
-        return
-    configuration["resampling_fn_probabilities"] = "resample_torch_fornnunet"
-    configuration["resampling_fn_probabilities_kwargs"] = {
-        "is_seg": False,
-        "device": device,
-        # nnU-Net sets torch's thread count around the export (to 8 by default); on the CPU use the cores
-        # this process may run on.
-        "num_threads": len(os.sched_getaffinity(0)),
-        "memefficient_seg_resampling": False,
-    }
-    # A new manager rather than an edit: the old one caches the resampling functions it has looked up.
-    predictor.configuration_manager = ConfigurationManager(configuration)
+    changed = False
+    for key, (default, is_seg) in entries.items():
+        if (configuration.get(key), configuration.get(key + "_kwargs")) != default:
+            continue
+        configuration[key] = "resample_torch_fornnunet"
+        configuration[key + "_kwargs"] = {
+            "is_seg": is_seg,
+            "device": device,
+            # nnU-Net sets torch's thread count around the resampling (to 4 or 8 by default); on the CPU
+            # use the cores this process may run on.
+            "num_threads": len(os.sched_getaffinity(0)),
+            "memefficient_seg_resampling": False,
+        }
+        changed = True
+    if changed:
+        # A new manager rather than an edit: the old one caches the resampling functions it has looked up.
+        predictor.configuration_manager = ConfigurationManager(configuration)
 
 
 def _use_fast_hole_filling() -> None:

@@ -68,6 +68,19 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
         _mirroring_setting(None)
 
 
+def test_input_resampling_comes_from_the_argument_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.app import INPUT_RESAMPLING_VARIABLE, _input_resampling_setting
+
+    monkeypatch.delenv(INPUT_RESAMPLING_VARIABLE, raising=False)
+    assert _input_resampling_setting(None) == "torch"
+    monkeypatch.setenv(INPUT_RESAMPLING_VARIABLE, "Plans")
+    assert _input_resampling_setting(None) == "plans"
+    assert _input_resampling_setting("torch") == "torch"
+    monkeypatch.setenv(INPUT_RESAMPLING_VARIABLE, "cubic")
+    with pytest.raises(FemurSegError, match=f"{INPUT_RESAMPLING_VARIABLE} must be plans or torch, got 'cubic'"):
+        _input_resampling_setting(None)
+
+
 def _composed_app(tmp_path: Path) -> FemurLesionSegApp:
     (tmp_path / "in").mkdir(exist_ok=True)
     if not (tmp_path / "models").exists():

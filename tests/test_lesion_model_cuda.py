@@ -54,3 +54,35 @@ def test_cuda_prediction_matches_the_cpu_in_the_crops_grid(crops: dict) -> None:
         assert agreement >= 0.97, f"{side}: CPU and CUDA lesion masks agree at Dice {agreement:.3f}"
         # Outside the lesion boundary the two are the same: no voxel flips between lesion and cyst.
         assert not np.any((cpu == 1) & (cuda == 2)) and not np.any((cpu == 2) & (cuda == 1))
+
+
+def test_a_model_on_cuda_warms_up_by_default_and_then_predicts_as_before(crops: dict, caplog) -> None:
+    from operators.lesion_model import LesionModel
+
+    _, cold = _predict_all("cuda", {side: crops[side] for side in sorted(crops)[:1]})
+    with caplog.at_level("INFO", logger="operators.lesion_model"):
+        model = LesionModel.from_folder(SHIPPED_MODEL, device="cuda", use_mirroring=False)
+        model.wait_for_warm_up()
+    assert any("warmed up on cuda" in r.getMessage() for r in caplog.records), caplog.text
+    for side, labels in cold.items():
+        warm = np.asarray(model.predict(crops[side]).labels)
+        both = int(((labels == 1) & (warm == 1)).sum())
+        total = int((labels == 1).sum() + (warm == 1).sum())
+        assert total == 0 or 2 * both / total >= 0.99
+
+
+def test_torch_input_resampling_runs_on_the_gpu_and_agrees_with_the_plans(crops: dict) -> None:
+    from operators.lesion_model import LesionModel
+
+    plans = LesionModel.from_folder(SHIPPED_MODEL, device="cuda", use_mirroring=False, input_resampling="plans")
+    on_torch = LesionModel.from_folder(SHIPPED_MODEL, device="cuda", use_mirroring=False, input_resampling="torch")
+    kwargs = on_torch._predictor.configuration_manager.configuration["resampling_fn_data_kwargs"]
+    assert kwargs["device"].type == "cuda"
+    for side, crop in crops.items():
+        a = np.asarray(plans.predict(crop).labels)
+        b = np.asarray(on_torch.predict(crop).labels)
+        assert a.shape == b.shape == tuple(crop.spatial_shape)
+        both = int(((a == 1) & (b == 1)).sum())
+        total = int((a == 1).sum() + (b == 1).sum())
+        # A different interpolation of the input: lesion borders move, lesions stay.
+        assert total == 0 or 2 * both / total >= 0.8, f"{side}: Dice {2 * both / total:.3f}"

@@ -11,7 +11,7 @@ from monai.deploy.core import ExecutionContext, Fragment, InputContext, Operator
 
 from operators.errors import FemurSegError
 from operators.femur_splitter import FemurSplit
-from operators.lesion_model import LesionModel
+from operators.lesion_model import DEFAULT_INPUT_RESAMPLING, LesionModel
 from operators.lesion_segmentation import StudySegmentation, resolve_model_path, segment_lesions
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class FemurLesionOperator(Operator):
         model_path: Path,
         device: str = "auto",
         use_mirroring: bool = True,
+        input_resampling: str = DEFAULT_INPUT_RESAMPLING,
         **kwargs: Any,
     ) -> None:
         """Create the operator.
@@ -64,6 +65,9 @@ class FemurLesionOperator(Operator):
             ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         use_mirroring : bool
             nnU-Net's test-time mirroring (up to 8 passes per patch: better, slower).
+        input_resampling : str
+            ``"plans"`` or ``"torch"``: how crops are resampled to the model's spacing
+            (:meth:`operators.lesion_model.LesionModel.from_folder`).
         **kwargs
             Passed to :class:`monai.deploy.core.Operator` (e.g. ``name``).
 
@@ -76,6 +80,7 @@ class FemurLesionOperator(Operator):
         self.model_path = resolve_model_path(model_path)
         self.device = device
         self.use_mirroring = use_mirroring
+        self.input_resampling = input_resampling
         self._model: LesionModel | None = None
         self._load_error: FemurSegError | None = None
         # The base class calls setup(), so the attributes above must exist first.
@@ -105,7 +110,8 @@ class FemurLesionOperator(Operator):
         if self._model is None:
             start = time.perf_counter()
             self._model = LesionModel.from_folder(self.model_path, device=self.device,
-                                                  use_mirroring=self.use_mirroring)
+                                                  use_mirroring=self.use_mirroring,
+                                                  input_resampling=self.input_resampling)
             info = self._model.model_info
             self._logger.info("lesion model %s %s loaded on %s in %.1f s", info.name, info.version,
                               self._model.device, time.perf_counter() - start)
