@@ -25,6 +25,8 @@ from benchmarks.model import ModelSettings
 from benchmarks.report import compute_ratios, markdown, write_report
 from benchmarks.studies import BenchStudy, ensure_study
 from operators.errors import FemurSegError
+from operators.lesion_model import DEFAULT_INPUT_RESAMPLING
+from operators.nnunet_predictor import INPUT_RESAMPLING_CHOICES
 
 logger = logging.getLogger("benchmarks")
 
@@ -36,6 +38,27 @@ TINY_MODEL_CACHE = REPO_ROOT / ".pytest_cache" / "d" / "femur-lesion-tiny-model"
 
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.replace(" ", "").split(",") if part]
+
+
+def _settings_rows(text: str) -> list[tuple[bool, float, str]]:
+    """``on/0.5/plans,off/0.5/torch`` -> [(True, 0.5, "plans"), (False, 0.5, "torch")]."""
+    rows = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        fields = part.split("/")
+        if (len(fields) != 3 or fields[0] not in ("on", "off") or fields[2] not in INPUT_RESAMPLING_CHOICES):
+            raise argparse.ArgumentTypeError(
+                f"setting {part!r} is not MIRRORING/STEP/RESAMPLING (e.g. off/0.5/torch; mirroring on or off, "
+                f"resampling {' or '.join(INPUT_RESAMPLING_CHOICES)})")
+        try:
+            step = float(fields[1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"setting {part!r}: tile step {fields[1]!r} is not a number") from None
+        if not 0.0 < step <= 1.0:
+            raise argparse.ArgumentTypeError(f"setting {part!r}: tile step must be in (0, 1]")
+        rows.append((fields[0] == "on", step, fields[2]))
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,12 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-settings-table", action="store_true", help="skip the inference settings table")
     parser.add_argument("--settings-seeds", type=_int_list, help="held-out seeds of the settings table "
                         f"(default {','.join(map(str, settings_table.DEFAULT_SEEDS))}; one with --quick)")
+    parser.add_argument("--settings", type=_settings_rows,
+                        help="rows of the settings table as MIRRORING/STEP/RESAMPLING, comma-separated, e.g. "
+                             "off/0.5/plans,off/0.5/torch (default: "
+                             + ",".join(f"{'on' if m else 'off'}/{t:g}/{r}" for m, t, r in settings_table.DEFAULT_SETTINGS)
+                             + ")")
     parser.add_argument("--quick", action="store_true", help="small study, no scaling, a short settings table")
     parser.add_argument("--model", type=Path, help="nnU-Net model folder (default: model/, else the tests' tiny model)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     parser.add_argument("--mirroring", choices=("on", "off"),
                         help="test-time mirroring on both paths (default: on with CUDA, off on CPU)")
     parser.add_argument("--tile-step", type=float, default=0.5, help="sliding-window tile step (default %(default)s)")
+    parser.add_argument("--input-resampling", choices=INPUT_RESAMPLING_CHOICES, default=DEFAULT_INPUT_RESAMPLING,
+                        help="resampling of the crops to the model's spacing on both paths: the model's plans "
+                             "(nnU-Net's spline on the CPU) or nnU-Net's torch resampling on the device "
+                             "(default %(default)s)")
     parser.add_argument("--cores", type=int, default=2,
                         help="CPU cores each measured process may use (default %(default)s)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-output"),
@@ -128,7 +160,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = _resolve_device(args.device)
     use_mirroring = (args.mirroring == "on") if args.mirroring else device.startswith("cuda")
     folder, source = find_model(args.model)
-    model = ModelSettings(folder=folder, device=device, use_mirroring=use_mirroring, tile_step_size=args.tile_step)
+    model = ModelSettings(folder=folder, device=device, use_mirroring=use_mirroring, tile_step_size=args.tile_step,
+                          input_resampling=args.input_resampling)
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     study = ensure_study(args.workdir, preset=preset, seed=args.seed, slices=study_slices)
@@ -144,8 +177,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     table = None
     if not args.no_settings_table:
         steps = settings_table.DEFAULT_SETTINGS
-        if args.quick:
-            steps = ((False, 0.5), (False, 1.0))
+        if args.settings:
+            steps = tuple(args.settings)
+        elif args.quick:
+            steps = ((False, 0.5, "plans"), (False, 0.5, "torch"))
         logger.info("inference settings table on seeds %s", seeds)
         table = run_child({"name": "settings-table", "kind": "settings", "cores": args.cores, "model": model.to_dict(),
                            "table": {"preset": preset, "seeds": seeds, "settings": [list(s) for s in steps]}},
@@ -157,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": describe_machine(device),
         "settings": {
             "preset": preset, "seed": args.seed, "cores": args.cores, "device": device,
-            "use_mirroring": use_mirroring, "tile_step_size": args.tile_step,
+            "use_mirroring": use_mirroring, "tile_step_size": args.tile_step, "input_resampling": args.input_resampling,
             "model_name": info.get("name"), "model_version": info.get("version"), "model_source": source,
             "memory_method": main_entry["ours"]["memory_method"], "stock_path": not args.skip_stock,
         },

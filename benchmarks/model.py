@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from operators.lesion_model import DEFAULT_INPUT_RESAMPLING
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,12 +26,16 @@ class ModelSettings:
         nnU-Net's test-time mirroring (up to 8 passes per patch).
     tile_step_size : float
         Sliding-window step as a fraction of the patch size (0.5 is nnU-Net's default).
+    input_resampling : str
+        ``"plans"`` or ``"torch"``: how crops are resampled to the model's spacing
+        (see :meth:`operators.lesion_model.LesionModel.from_folder`).
     """
 
     folder: Path
     device: str = "cpu"
     use_mirroring: bool = False
     tile_step_size: float = 0.5
+    input_resampling: str = DEFAULT_INPUT_RESAMPLING
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -45,4 +51,4 @@ class ModelSettings:
         from operators.lesion_model import LesionModel
 
         return LesionModel.from_folder(self.folder, device=self.device, use_mirroring=self.use_mirroring,
-                                       tile_step_size=self.tile_step_size)
+                                       tile_step_size=self.tile_step_size, input_resampling=self.input_resampling)

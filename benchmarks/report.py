@@ -195,7 +195,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"Run {report['created']}.", "",
              f"**Machine:** {one_line(report['machine'])}.", "",
              f"**Model:** {s['model_name']} {s['model_version']} ({s['model_source']}); device {s['device']}, "
-             f"test-time mirroring {'on' if s['use_mirroring'] else 'off'}, tile step {s['tile_step_size']:g}; "
+             f"test-time mirroring {'on' if s['use_mirroring'] else 'off'}, tile step {s['tile_step_size']:g}, "
+             f"input resampling {s.get('input_resampling', 'plans')}; "
              f"the same model and settings on both paths.", "",
              f"**Processes:** each path in its own fresh process pinned to {s['cores']} CPU core(s), imports before "
              "the clock starts; end to end runs from the model load to the last output written. "

@@ -50,6 +50,19 @@ def test_slice_spacing_for_a_slice_count() -> None:
         spacing_for_slices(515.0, 40)  # 13 mm slices
 
 
+def test_settings_rows_are_parsed_and_bad_ones_named(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.cli import build_parser
+
+    args = build_parser().parse_args(["--settings", "on/0.5/plans, off/0.75/torch"])
+    assert args.settings == [(True, 0.5, "plans"), (False, 0.75, "torch")]
+    for bad, message in (("off/0.5/cubic", "is not MIRRORING/STEP/RESAMPLING"), ("off/fast/torch", "is not a number"),
+                         ("off/1.5/torch", "tile step must be in (0, 1]")):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["--settings", bad])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 def test_gpu_script_stops_with_a_clear_message_without_a_gpu(tmp_path: Path) -> None:
     if shutil.which("nvidia-smi"):
         pytest.skip("nvidia-smi is installed: on a GPU machine the script runs the whole benchmark")
@@ -100,7 +113,8 @@ def test_quick_benchmark_reports_every_stage_ratio_and_the_machine(tmp_path: Pat
     assert abs(scaled["study"]["shape_zyx"][0] - 100) <= 3
     assert {stock_path.INFERENCE_STAGE} & {s["name"] for s in scaled["stock_ingest"]["stages"]} == set()
     rows = report["settings_table"]["result"]["rows"]
-    assert [(r["use_mirroring"], r["tile_step_size"]) for r in rows] == [(False, 0.5), (False, 1.0)]
+    assert [(r["use_mirroring"], r["tile_step_size"], r["input_resampling"]) for r in rows] == [
+        (False, 0.5, "plans"), (False, 0.5, "torch")]
     assert all(r["seconds_per_femur"] > 0 for r in rows)
 
     markdown = (tmp_path / "report" / "benchmark.md").read_text(encoding="utf-8")
