@@ -19,6 +19,7 @@ from operators.femur_classical import (
     _laplacian_valley,
     _watershed,
     _watershed_relief,
+    block_mean,
 )
 
 SPACING = (2.5, 0.8, 0.9)
@@ -93,3 +94,16 @@ def test_the_valley_within_a_mask_equals_the_whole_images_valley_in_the_masks_re
     far = np.ones(image.shape, dtype=bool)
     far[4:18, 6:31, 4:26] = False  # beyond the Gaussian's reach of the mask's box
     assert not valley[far].any() and whole[far].any()
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 3, 2), (3, 1, 1)])
+def test_block_mean_in_threads_equals_the_whole_array_mean(factors: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(5)
+    image = rng.integers(-1024, 3000, size=(157, 41, 38)).astype(np.float32)  # 157: a partial last chunk
+    nz, ny, nx = (s // f for s, f in zip(image.shape, factors))
+    fz, fy, fx = factors
+    expected = image[:nz * fz, :ny * fy, :nx * fx].reshape(nz, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5),
+                                                                                         dtype=np.float32)
+    np.testing.assert_array_equal(block_mean(image, factors), expected)
+    # An integer CT (stored values) gives the same as its float32 copy.
+    np.testing.assert_array_equal(block_mean(image.astype(np.int16), factors), expected)
