@@ -357,12 +357,17 @@ def test_output_is_resampled_by_nnunets_torch_resampling_with_the_default_result
     np.testing.assert_array_equal(fast.labels[decided], reference.labels[decided])
 
 
+def _with_resampling_order(untrained_model: Path, folder: Path, entry: str, order: int) -> Path:
+    """A copy of the model whose plans give the resampling ``entry`` its own spline order (no default)."""
+    shutil.copytree(untrained_model, folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"][entry + "_kwargs"]["order"] = order
+    (folder / "plans.json").write_text(json.dumps(plans))
+    return folder
+
+
 def test_a_model_that_names_its_own_output_resampling_keeps_it(untrained_model: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "model"
-    shutil.copytree(untrained_model, copy)
-    plans = json.loads((copy / "plans.json").read_text())
-    plans["configurations"]["3d_fullres"]["resampling_fn_probabilities_kwargs"]["order"] = 3
-    (copy / "plans.json").write_text(json.dumps(plans))
+    copy = _with_resampling_order(untrained_model, tmp_path / "model", "resampling_fn_probabilities", 3)
 
     model = LesionModel.from_folder(copy, device="cpu", use_mirroring=False)
     configuration = model._predictor.configuration_manager.configuration
@@ -423,11 +428,7 @@ def test_unknown_input_resampling_is_refused(untrained_model: Path) -> None:
 
 
 def test_a_model_that_names_its_own_input_resampling_keeps_it(untrained_model: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "model"
-    shutil.copytree(untrained_model, copy)
-    plans = json.loads((copy / "plans.json").read_text())
-    plans["configurations"]["3d_fullres"]["resampling_fn_data_kwargs"]["order"] = 1
-    (copy / "plans.json").write_text(json.dumps(plans))
+    copy = _with_resampling_order(untrained_model, tmp_path / "model", "resampling_fn_data", 1)
 
     model = LesionModel.from_folder(copy, device="cpu", use_mirroring=False, input_resampling="torch")
     configuration = model._predictor.configuration_manager.configuration
