@@ -275,6 +275,12 @@ def _block_factors(spacing: tuple[float, ...], shape: tuple[int, ...], target_mm
     )  # type: ignore[return-value]
 
 
+#: Shortest shaft run (mm) accepted within the shaft rules' midline clearance of the body midline, when
+#: that "midline" may be the centre of the only thigh in view. The lower sacrum and the coccyx give round,
+#: solitary runs of a few cm on the true midline.
+_MIDLINE_RUN_MIN_LENGTH_MM = 100.0
+
+
 #: Most threads :func:`block_mean` uses: each holds a float32 copy of its chunk (32 slices of 512 x 512: 32 MB).
 _BLOCK_MEAN_THREADS = 4
 
@@ -585,6 +591,12 @@ def _segment_canonical(
         # untruncated. Its femur then sits on that false midline and is rejected; a body midline never
         # runs through a femoral shaft, so look again without it.
         _, tracks = find_shaft_tracks(bone, coarse, cspacing, criteria=cfg.shaft, midline_mm=None)
+        # That explanation needs a thigh in view, hence a long shaft: a short run on the midline is more
+        # likely the lower sacrum or the coccyx of a view that ends below the lesser trochanters. Runs clear
+        # of the midline were only hidden by other bone near it, and stay.
+        tracks = [t for t in tracks
+                  if t.length_mm(cspacing[0]) >= _MIDLINE_RUN_MIN_LENGTH_MM
+                  or abs(t.mean_centre_mm[1] - midline_mm) >= cfg.shaft.midline_clearance_mm]
         if tracks:
             logger.debug("the body midline at %.0f mm ran through the only shaft run(s); ignoring it", midline_mm)
             midline_mm = None

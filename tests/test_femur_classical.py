@@ -115,6 +115,18 @@ def test_a_view_of_the_hips_and_neck_only_reports_no_femur_rather_than_another_b
     assert "femoral shaft" in split.no_femur_reason
 
 
+def test_a_short_run_on_the_body_midline_is_not_taken_for_the_only_thigh_in_view():
+    # Small seed 4 feet first, cut 10 cm below the top of the heads: no femoral shaft run, so the splitter
+    # looks again without the body midline (the "midline" of a view with one thigh in it runs through that
+    # thigh's femur). It found a 4 cm run there: the lower sacrum, which became a 51 ml right "femur".
+    phantom = generate_phantom(4, "small", patient_position="FFS")
+    view, truth = _top_of_the_femurs(phantom, 100.0)
+    split = split_femurs(view)
+    for side, crop in split.femurs.items():
+        assert _dice(crop.full_mask(), truth[side]) > 0.85, (side, split.notes)
+    assert split.femurs == {}, split.notes
+
+
 @pytest.mark.parametrize("femur_mm", [110.0, 200.0])
 def test_femurs_are_found_in_a_view_ending_near_the_lesser_trochanters(femur_mm):
     # An abdomen-pelvis CT ends a few cm below the lesser trochanters: too little shaft, and too close to the
