@@ -58,8 +58,8 @@ def run_settings_table(table: dict[str, Any], model: ModelSettings, recorder: St
     Parameters
     ----------
     table : dict
-        ``preset`` (str), ``seeds`` (list of int) and ``settings`` (list of [use_mirroring, tile_step]
-        or [use_mirroring, tile_step, input_resampling]; without the third, the model's).
+        ``preset`` (str), ``seeds`` (list of int) and ``settings`` (list of [use_mirroring, tile_step,
+        input_resampling]).
     model : ModelSettings
         Model folder and device; mirroring, tile step and input resampling are taken from each setting.
     recorder : StageRecorder
@@ -77,8 +77,7 @@ def run_settings_table(table: dict[str, Any], model: ModelSettings, recorder: St
 
     cases = [case for seed in table["seeds"] for case in _crops_and_truth(table["preset"], int(seed))]
     rows = []
-    for use_mirroring, step, *resampling in table["settings"]:
-        input_resampling = str(resampling[0]) if resampling else model.input_resampling
+    for use_mirroring, step, input_resampling in table["settings"]:
         name = setting_name(bool(use_mirroring), float(step), input_resampling)
         lesion_model = dataclasses.replace(model, use_mirroring=bool(use_mirroring), tile_step_size=float(step),
                                            input_resampling=input_resampling).load()

@@ -64,6 +64,12 @@ logger = logging.getLogger(__name__)
 #: shaft below the lesser trochanter, which the ischium comes close to, in a view that ends there.
 PROXIMAL_SHAFT_MIN_LENGTH_MM = 20.0
 PROXIMAL_SHAFT_CLEARANCE_MM = 20.0
+#: A short run counts only for a thigh without a run: at least this far (mm, left-right) from every run found.
+_PROXIMAL_RUN_MIN_SEPARATION_MM = 60.0
+#: Shortest shaft run (mm) accepted within the shaft rules' midline clearance of the body midline, when
+#: that "midline" may be the centre of the only thigh in view. The lower sacrum and the coccyx give round,
+#: solitary runs of a few cm on the true midline.
+_MIDLINE_RUN_MIN_LENGTH_MM = 100.0
 
 #: Label values of the segmenter's output (docs/CONVENTIONS.md): patient sides.
 LEFT_LABEL = 1
@@ -273,12 +279,6 @@ def _block_factors(spacing: tuple[float, ...], shape: tuple[int, ...], target_mm
     return tuple(
         int(max(1, min(n, round(target_mm / s)))) for s, n in zip(spacing, shape)
     )  # type: ignore[return-value]
-
-
-#: Shortest shaft run (mm) accepted within the shaft rules' midline clearance of the body midline, when
-#: that "midline" may be the centre of the only thigh in view. The lower sacrum and the coccyx give round,
-#: solitary runs of a few cm on the true midline.
-_MIDLINE_RUN_MIN_LENGTH_MM = 100.0
 
 
 #: Most threads :func:`block_mean` uses: each holds a float32 copy of its chunk (32 slices of 512 x 512: 32 MB).
@@ -604,8 +604,10 @@ def _segment_canonical(
     if len(tracks) < 2 and cfg.proximal_shaft is not None:
         # A thigh without a run: the view may end a few cm below the lesser trochanters.
         short = _proximal_tracks(image, view, coarse, bone, cspacing, factors, midline_mm, cfg.proximal_shaft)
-        # Only for a thigh that has no run yet (at least 6 cm beside each run found), keeping those found.
-        short = [r for r in short if all(abs(r.mean_centre_mm[1] - t.mean_centre_mm[1]) >= 60.0 for t in tracks)]
+        # Only for a thigh that has no run yet, keeping those found.
+        short = [r for r in short
+                 if all(abs(r.mean_centre_mm[1] - t.mean_centre_mm[1]) >= _PROXIMAL_RUN_MIN_SEPARATION_MM
+                        for t in tracks)]
         combined = choose_femur_tracks(tracks + short, cspacing[0]) if short else tracks
         if len(combined) > len(tracks) and all(any(t is c for c in combined) for t in tracks):
             tracks = combined

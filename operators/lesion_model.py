@@ -33,7 +33,7 @@ import numpy as np
 
 from operators.errors import InputError, ModelFolderError
 from operators.lesion_postprocessing import min_lesion_volume_ml, remove_small_components
-from operators.nnunet_predictor import INPUT_RESAMPLING_CHOICES, load_predictor, resolve_device
+from operators.nnunet_predictor import check_input_resampling, load_predictor, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -339,9 +339,7 @@ class LesionModel:
         """
         if not 0.0 < tile_step_size <= 1.0:
             raise ValueError(f"tile_step_size must be in (0, 1], got {tile_step_size}")
-        if input_resampling not in INPUT_RESAMPLING_CHOICES:
-            raise ValueError(f"input_resampling must be one of {', '.join(INPUT_RESAMPLING_CHOICES)}, "
-                             f"got {input_resampling!r}")
+        check_input_resampling(input_resampling)  # before anything is loaded
         torch_device = resolve_device(device)
         path = Path(path)
         if not path.exists():

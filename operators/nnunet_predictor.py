@@ -36,6 +36,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+#: Values of ``input_resampling``: the model's plans as they are, or nnU-Net's torch resampling.
+INPUT_RESAMPLING_CHOICES = ("plans", "torch")
+
+
+def check_input_resampling(value: str) -> None:
+    """Raise ValueError naming the choices when ``value`` is not one of :data:`INPUT_RESAMPLING_CHOICES`."""
+    if value not in INPUT_RESAMPLING_CHOICES:
+        raise ValueError(f"input_resampling must be one of {', '.join(INPUT_RESAMPLING_CHOICES)}, got {value!r}")
+
 
 def resolve_device(device: str) -> Any:
     """The ``torch.device`` a model runs on: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``,
@@ -78,9 +87,7 @@ def load_predictor(
     ``"plans"`` or ``"torch"`` (see the module docstring). Loading errors are nnU-Net's own; callers
     turn them into messages about their model.
     """
-    if input_resampling not in INPUT_RESAMPLING_CHOICES:
-        raise ValueError(f"input_resampling must be one of {', '.join(INPUT_RESAMPLING_CHOICES)}, "
-                         f"got {input_resampling!r}")
+    check_input_resampling(input_resampling)
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     _use_fast_hole_filling()
@@ -99,10 +106,6 @@ def load_predictor(
     if input_resampling == "torch":
         _resample_with_torch(predictor, device, _INPUT_RESAMPLING)
     return predictor
-
-
-#: Values of ``input_resampling``: the model's plans as they are, or nnU-Net's torch resampling.
-INPUT_RESAMPLING_CHOICES = ("plans", "torch")
 
 
 #: nnU-Net's default resamplings, as its planners write them into plans.json: per configuration entry,
