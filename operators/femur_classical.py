@@ -9,6 +9,8 @@ Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`
    per thigh over a run of slices (:mod:`operators.femur_shafts`). A thigh without such a run may be a view
    that ends a few cm below the lesser trochanters (an abdomen-pelvis CT): there a shorter run, nearer other
    bone, counts when a femoral head is fitted above it (:attr:`ClassicalSegmenterConfig.proximal_shaft`).
+   A view that ends at the trochanters, with no shaft at all, gets its femurs from the heads: a level pair
+   of balls in their sockets, each with bone below and lateral of it (:mod:`operators.femur_head_first`).
    Other bone (pelvis, tibia, fibula,
    patella, spine): bone pieces that stay separate from the femur markers after a one-voxel erosion,
    bone farther from the femur along the bone (geodesic distance) than any femur reaches, and bone on
@@ -54,6 +56,7 @@ from scipy import ndimage as ndi
 from operators.binary_morphology import closing_in_plane, fill_holes
 from operators.femur_breach import TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH, fill_lesion_cavities, repair_cortical_breaches
 from operators.femur_geometry import Box, CanonicalView, box_from_mask, enlarge_box
+from operators.femur_head_first import find_head_first_femurs
 from operators.femur_hip import HeadSphere, fit_head_sphere, head_candidates, sphere_markers
 from operators.femur_shafts import ShaftCriteria, ShaftTrack, choose_femur_tracks, find_shaft_tracks
 from operators.geodesic_distance import geodesic_distance
@@ -138,6 +141,10 @@ class ClassicalSegmenterConfig:
         tried for a thigh where no run meets ``shaft``: a run found with them counts only where a femoral
         head is fitted above it (that head is fitted again with both femurs' runs known, as for any run).
         None: such thighs report no femur.
+    head_first:
+        For thighs still without a run (a view that ends at the trochanters), look for the femoral heads
+        without a shaft (:mod:`operators.femur_head_first`): a level pair of balls in their sockets, each
+        with bone below and lateral of it, or one such head level with the head of the other thigh's run.
     fine_pass_threads:
         Femurs refined at full resolution at once: 1, 2, or None for 2 where at least 2 CPUs are usable
         and 1 otherwise. Two at once take a 512 x 512 x 600 study's split from about 12 to 10 s on 2
@@ -167,6 +174,7 @@ class ClassicalSegmenterConfig:
     metal_threshold_hu: float = 2800.0
     min_femur_volume_ml: float = 15.0
     fine_pass_threads: int | None = None
+    head_first: bool = True
     shaft: ShaftCriteria = field(default_factory=ShaftCriteria)
     proximal_shaft: ShaftCriteria | None = field(
         default_factory=lambda: ShaftCriteria(min_length_mm=PROXIMAL_SHAFT_MIN_LENGTH_MM,
@@ -614,11 +622,22 @@ def _segment_canonical(
             result.notes.append(
                 "femur(s) found from a short shaft run below the head: the view ends near the lesser trochanters"
             )
+    if len(tracks) < 2 and cfg.head_first:
+        # Still a thigh without a run: the view may end at the trochanters, with no shaft at all.
+        from_heads = _head_first_tracks(image, view, coarse, bone, tracks, cspacing, factors, midline_mm)
+        if from_heads:
+            tracks = tracks + from_heads
+            result.notes.append(
+                "femur(s) found from the femoral head down: the view ends too close below the hips for a shaft run"
+            )
     logger.debug(
         "coarse pass: factors %s, %d shaft run(s) in %.1f s", factors, len(tracks), time.perf_counter() - t0
     )
     if not tracks:
-        result.notes.append("no femoral shaft found (no long, round, solitary bone cross-section)")
+        result.notes.append(
+            "no femoral shaft found (no long, round, solitary bone cross-section)"
+            + (" and no pair of femoral heads in their sockets" if cfg.head_first else "")
+        )
         return {}
 
     midline_est = _midline_estimate(tracks, midline_mm, view, factors, cspacing)
@@ -664,11 +683,44 @@ def _proximal_tracks(
     full_spacing, shift = _full_grid(cspacing, factors)
     confirmed = []
     for run in runs:
+        run.short = True
         midline_est = _midline_estimate([run], midline_mm, view, factors, cspacing)
         if _find_head(coarse, image, run, cspacing, full_spacing, shift, midline_est) is not None:
             confirmed.append(run)
     logger.debug("%d short shaft run(s), %d with a femoral head above", len(runs), len(confirmed))
     return confirmed
+
+
+def _head_first_tracks(
+    image: np.ndarray,
+    view: CanonicalView,
+    coarse: np.ndarray,
+    bone: np.ndarray,
+    tracks: list[ShaftTrack],
+    cspacing: tuple[float, float, float],
+    factors: tuple[int, int, int],
+    midline_mm: float | None,
+) -> list[ShaftTrack]:
+    """Runs for the thighs without one, from femoral heads found without a shaft (:mod:`operators.femur_head_first`).
+
+    The head of each thigh that has a run is fitted first: a head found without a run must pair with it.
+    """
+    full_spacing, shift = _full_grid(cspacing, factors)
+    known = []
+    for track in tracks:
+        midline_est = _midline_estimate([track], midline_mm, view, factors, cspacing)
+        sphere = _find_head(coarse, image, track, cspacing, full_spacing, shift, midline_est)
+        if sphere is None:
+            # Without its head the pair cannot be checked: no femur is added beside it.
+            return []
+        known.append(sphere.centre_mm)
+    femurs = find_head_first_femurs(coarse, bone, image, cspacing, full_spacing, shift, known_heads_mm=known)
+    runs = [f.track for f in femurs]
+    if any(abs(r.mean_centre_mm[1] - t.mean_centre_mm[1]) < _PROXIMAL_RUN_MIN_SEPARATION_MM
+           for r in runs for t in tracks):
+        return []
+    logger.debug("%d femur(s) found from the head down", len(runs))
+    return runs
 
 
 def _full_grid(cspacing: tuple[float, ...], factors: tuple[int, ...]) -> tuple[tuple[float, ...], np.ndarray]:
@@ -852,6 +904,10 @@ def _condyles(
 #: Edge strengths (HU/mm on the coarse grid) that vote for head centres, tried in turn until a head is
 #: found (see ``_find_head``).
 _HEAD_EDGE_GRADIENTS_HU_PER_MM = (40.0, 15.0)
+#: Least height (mm) of a head centre above the top of its shaft run; a short run (``ShaftTrack.short``)
+#: can reach into the trochanteric region, 15-30 mm below the head's centre.
+_HEAD_MIN_HEIGHT_MM = 25.0
+_SHORT_RUN_HEAD_MIN_HEIGHT_MM = 12.0
 
 
 def _find_head(
@@ -866,7 +922,13 @@ def _find_head(
     """The femoral head above a shaft run, fitted at full resolution (full canonical mm)."""
     z_mm = np.asarray(track.slices, dtype=np.float64) * cspacing[0]
     centres = np.asarray(track.centres_mm)
-    if z_mm.size >= 2 and np.ptp(z_mm) > 0:
+    min_height_mm = _SHORT_RUN_HEAD_MIN_HEIGHT_MM if track.short else _HEAD_MIN_HEIGHT_MM
+    if track.short:
+        # A short run that reaches into the trochanteric region bends towards the greater trochanter at
+        # its top: a line through its centres leans 15-20 degrees laterally, twice the shaft's own lean,
+        # and puts the head below its end. The body axis is the better "up" there.
+        slope_p = slope_l = 0.0
+    elif z_mm.size >= 2 and np.ptp(z_mm) > 0:
         slope_p = np.polyfit(z_mm, centres[:, 0], 1)[0]
         slope_l = np.polyfit(z_mm, centres[:, 1], 1)[0]
     else:
@@ -890,7 +952,8 @@ def _find_head(
     # vote, decides what is a head, so the second round only adds candidates.
     for min_gradient in _HEAD_EDGE_GRADIENTS_HU_PER_MM:
         candidates = head_candidates(
-            coarse, cspacing, shaft_top_mm=top, shaft_direction=up, medial=medial, min_gradient_hu_per_mm=min_gradient
+            coarse, cspacing, shaft_top_mm=top, shaft_direction=up, medial=medial, min_gradient_hu_per_mm=min_gradient,
+            min_height_mm=min_height_mm,
         )
         for centre in candidates:
             if any(np.linalg.norm(centre - t) < 5.0 for t in tried):

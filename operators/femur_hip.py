@@ -182,6 +182,7 @@ def head_candidates(
     radius_range_mm: tuple[float, float] = (14.0, 32.0),
     min_gradient_hu_per_mm: float = 40.0,
     max_candidates: int = 4,
+    min_height_mm: float = 25.0,
 ) -> list[np.ndarray]:
     """Likely femoral-head centres above a femoral shaft, best first (coarse grid).
 
@@ -203,6 +204,66 @@ def head_candidates(
         Edges weaker than this do not vote.
     max_candidates:
         How many centres to return at most.
+    min_height_mm:
+        How far above the run's end (along ``shaft_direction``) a centre must lie at least. A run that
+        ends at the lesser trochanter or below has its head 50 mm or more above; a short run that reaches
+        into the trochanteric region, where the field of view ends just below it, has it 15-30 mm above.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        (3,) centres in mm on ``image``'s grid.
+    """
+    up = shaft_direction / np.linalg.norm(shaft_direction)
+    # The head centre lies above the shaft run and medial to it: search a box around that region.
+    centre_guess = shaft_top_mm + 80.0 * up + 40.0 * medial
+    half = np.array([110.0, 75.0, 90.0])
+    out = []
+    for centre in socket_centres(image, spacing, centre_guess - half, centre_guess + half,
+                                 radius_range_mm=radius_range_mm, min_gradient_hu_per_mm=min_gradient_hu_per_mm,
+                                 max_candidates=4 * max_candidates):
+        # The head is above the shaft run's end (well above a run that ends at the lesser trochanter or
+        # below) and medial of it: 40-50 mm medial of the shaft axis in most hips, but the top of the run
+        # can lean medially itself, so that only ~15 mm are left (a valgus neck, a rotated patient).
+        if (centre - shaft_top_mm) @ up < min_height_mm or (centre - shaft_top_mm) @ medial < 5.0:
+            continue
+        out.append(centre)
+        if len(out) == max_candidates:
+            break
+    return out
+
+
+def socket_centres(
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    lo_mm: np.ndarray,
+    hi_mm: np.ndarray,
+    *,
+    radius_range_mm: tuple[float, float] = (14.0, 32.0),
+    min_gradient_hu_per_mm: float = 40.0,
+    max_candidates: int = 16,
+) -> list[np.ndarray]:
+    """Centres of balls in sockets within a box, strongest first (coarse grid).
+
+    Each edge votes for the centres that would put it on a sphere of ``radius_range_mm``, once along its
+    gradient (a bright convex surface, such as a femoral head) and once against it (a bright concave
+    surface, such as the acetabular cup); a centre scores the geometric mean of the two smoothed counts,
+    so that only a ball inside a socket scores high.
+
+    Parameters
+    ----------
+    image:
+        CT in HU on a (coarse) canonical (S, P, L) grid; positions are ``index * spacing``.
+    spacing:
+        Voxel size (mm) of ``image``.
+    lo_mm, hi_mm:
+        (3,) corners of the box searched (mm on ``image``'s grid; clipped to the image).
+    radius_range_mm:
+        Plausible head radii.
+    min_gradient_hu_per_mm:
+        Edges weaker than this do not vote.
+    max_candidates:
+        How many centres to return at most (local maxima at least 15 mm apart).
 
     Returns
     -------
@@ -210,12 +271,8 @@ def head_candidates(
         (3,) centres in mm on ``image``'s grid.
     """
     spacing_a = np.asarray(spacing, dtype=np.float64)
-    up = shaft_direction / np.linalg.norm(shaft_direction)
-    # The head centre lies above the shaft run and medial to it: search a box around that region.
-    centre_guess = shaft_top_mm + 80.0 * up + 40.0 * medial
-    half = np.array([110.0, 75.0, 90.0])
-    lo = np.maximum(0, np.floor((centre_guess - half) / spacing_a)).astype(int)
-    hi = np.minimum(image.shape, np.ceil((centre_guess + half) / spacing_a) + 1).astype(int)
+    lo = np.maximum(0, np.floor(np.asarray(lo_mm) / spacing_a)).astype(int)
+    hi = np.minimum(image.shape, np.ceil(np.asarray(hi_mm) / spacing_a) + 1).astype(int)
     if np.any(hi - lo < 8):
         return []
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
@@ -229,9 +286,6 @@ def head_candidates(
     pos = np.argwhere(strong) * spacing_a
     unit = np.stack([g[strong] for g in grads], axis=1) / mag[strong][:, None]
     del grads, mag, smooth
-    # Two-sided voting: an edge votes at distance r along its gradient (a bright convex surface,
-    # such as the head, sends these votes to its centre) and against it (a bright concave surface,
-    # such as the cup, sends those to its centre). Only a ball inside a socket collects both.
     # Each vote is the flat index of the voxel it lands in; bincount then adds them up (whole numbers:
     # the same as adding 1.0 per vote).
     convex_votes: list[np.ndarray] = []
@@ -250,19 +304,8 @@ def head_candidates(
     del convex_votes, concave_votes
     score = np.sqrt(ndi.gaussian_filter(convex, 1.0) * ndi.gaussian_filter(concave, 1.0))
     del convex, concave
-
-    out = []
-    for peak in _peaks(score, 4 * max_candidates, min_distance=int(np.ceil(15.0 / spacing_a.min()))):
-        centre = (np.asarray(peak) + lo) * spacing_a
-        # The head is well above the shaft run's end (the run ends at the lesser trochanter or below)
-        # and medial of it: 40-50 mm medial of the shaft axis in most hips, but the top of the run can
-        # lean medially itself, so that only ~15 mm are left (a valgus neck, a rotated patient).
-        if (centre - shaft_top_mm) @ up < 25.0 or (centre - shaft_top_mm) @ medial < 5.0:
-            continue
-        out.append(centre)
-        if len(out) == max_candidates:
-            break
-    return out
+    peaks = _peaks(score, max_candidates, min_distance=int(np.ceil(15.0 / spacing_a.min())))
+    return [(np.asarray(peak) + lo) * spacing_a for peak in peaks]
 
 
 def fit_head_sphere(

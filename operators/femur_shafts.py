@@ -103,12 +103,16 @@ class ShaftTrack:
         (n, 2) in-plane centres in mm along canonical axes (posterior, left).
     areas_mm2:
         Cross-section areas.
+    short:
+        Found under looser rules in a view that ends a few cm below the lesser trochanters: the run may
+        be only a few cm long and reach up into the trochanteric region.
     """
 
     slices: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     centres_mm: list[np.ndarray] = field(default_factory=list)
     areas_mm2: list[float] = field(default_factory=list)
+    short: bool = False
 
     def length_mm(self, slice_mm: float) -> float:
         """Extent of the run along the body axis in mm (centre of first to centre of last slice)."""

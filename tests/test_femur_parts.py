@@ -444,3 +444,22 @@ def test_a_neck_whose_cortex_partly_went_to_the_hip_bone_is_still_filled():
     # Without another bone in the slices the mask comes back as it was.
     np.testing.assert_array_equal(_fill_holes_walled_with(femur, np.zeros(shape, dtype=bool)), femur)
 
+
+
+def test_the_head_is_found_close_above_a_short_run_that_leans_into_the_trochanter():
+    # Where the view ends a few cm below the lesser trochanters, the short shaft run reaches up into the
+    # trochanteric region and its centres lean laterally towards the greater trochanter, here 17 degrees.
+    # Along that lean the head's centre is only ~12 mm above the run's top; along the body axis, 18 mm.
+    image, spacing = _hip()
+    coarse = block_mean(image, (2, 2, 2))
+    cspacing = (2.0, 2.0, 2.0)
+    slices = list(range(5, 22))
+    top_l = HEAD_CENTRE[2] - 20.0  # lateral of the head is -L for this right-side ball
+    centres = [np.array([HEAD_CENTRE[1], top_l + 0.3 * (21 - s) * cspacing[0]]) for s in slices]
+    long_run = ShaftTrack(slices=slices, labels=[1] * len(slices), centres_mm=centres, areas_mm2=[600.0] * len(slices))
+    assert _find_head(coarse, image, long_run, cspacing, spacing, np.full(3, 0.5), midline_mm=100.0) is None
+    short_run = ShaftTrack(slices=slices, labels=[1] * len(slices), centres_mm=centres, areas_mm2=[600.0] * len(slices),
+                           short=True)
+    sphere = _find_head(coarse, image, short_run, cspacing, spacing, np.full(3, 0.5), midline_mm=100.0)
+    assert sphere is not None
+    assert np.linalg.norm(sphere.centre_mm - HEAD_CENTRE) < 1.5
