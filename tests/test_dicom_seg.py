@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 
+from operators import dicom_seg
 from operators.dicom_seg import (
     AlgorithmInfo,
     SegmentMask,
@@ -242,3 +244,48 @@ def test_segment_box_outside_the_ct_or_of_another_shape_is_refused(tmp_path, box
     with pytest.raises(ValueError, match=message):
         build_segmentation(source_datasets=loaded.source_datasets, ct=loaded.volume, algorithm=ALGORITHM,
                            segments=[SegmentMask(SegmentSpec.femur("left"), np.ones(mask_shape, bool), box)])
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_frames_take_their_source_slice_directly_or_by_position_with_the_same_result(tmp_path, descending):
+    # Where each CT slice is a source slice (the loader's series), the frames take their positions and
+    # references from the slab's source slices; otherwise highdicom finds them by position. Both give one
+    # SEG: the same frames, pixels and references (all source slices referenced in both).
+    offsets = np.arange(12) * 2.0
+    write_ct_series(tmp_path / "ct", n_slices=12, rows=16, columns=18,
+                    slice_offsets=offsets[::-1] if descending else offsets)
+    loaded = load_study(tmp_path / "ct")
+    masks = _masks(loaded.volume.spatial_shape)
+    z = np.arange(masks["left"].shape[0])[:, None, None]
+    segments = [SegmentMask(SegmentSpec.femur("left"), masks["left"] & (z >= 3) & (z <= 8)),
+                SegmentMask(SegmentSpec.lytic_lesion("left"), masks["lesion"])]
+    slab = dicom_seg._slab_source_datasets(loaded.source_datasets, loaded.volume, 3, 9)
+    assert slab is not None and [ds.SOPInstanceUID for ds in slab] == [
+        ds.SOPInstanceUID for ds in loaded.source_datasets[3:9]]
+    direct = build_segmentation(source_datasets=loaded.source_datasets, ct=loaded.volume, segments=segments,
+                                algorithm=ALGORITHM)
+    # Source datasets out of slice order are not taken for the slices': highdicom matches them by position.
+    shuffled = list(loaded.source_datasets)[::-1]
+    assert dicom_seg._slab_source_datasets(shuffled, loaded.volume, 3, 9) is None
+    matched = build_segmentation(source_datasets=shuffled, ct=loaded.volume, segments=segments, algorithm=ALGORITHM)
+
+    def frames(seg):
+        return [(tuple(f.PlanePositionSequence[0].ImagePositionPatient),
+                 int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
+                 f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID,
+                 tuple(f.FrameContentSequence[0].DimensionIndexValues))
+                for f in seg.PerFrameFunctionalGroupsSequence]
+
+    def references(seg):
+        return sorted(r.ReferencedSOPInstanceUID
+                      for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence)
+
+    assert frames(direct) == frames(matched)
+    assert len(frames(direct)) == 6 + 3
+    np.testing.assert_array_equal(direct.pixel_array, matched.pixel_array)
+    assert references(direct) == references(matched) == sorted(ds.SOPInstanceUID for ds in loaded.source_datasets)
+    # A CT grid that is not the source slices' (shifted by half a slice) is not taken for theirs either.
+    affine = np.array(loaded.volume.affine, dtype=float)
+    affine[:3, 3] += 0.5 * affine[:3, 0]
+    shifted = hd.Volume(loaded.volume.array, affine, coordinate_system="PATIENT")
+    assert dicom_seg._slab_source_datasets(loaded.source_datasets, shifted, 3, 9) is None
