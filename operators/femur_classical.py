@@ -714,7 +714,8 @@ def _head_first_tracks(
             # Without its head the pair cannot be checked: no femur is added beside it.
             return []
         known.append(sphere.centre_mm)
-    femurs = find_head_first_femurs(coarse, bone, image, cspacing, full_spacing, shift, known_heads_mm=known)
+    femurs = find_head_first_femurs(coarse, bone, image, cspacing, full_spacing, shift, known_heads_mm=known,
+                                    midline_mm=midline_mm)
     runs = [f.track for f in femurs]
     if any(abs(r.mean_centre_mm[1] - t.mean_centre_mm[1]) < _PROXIMAL_RUN_MIN_SEPARATION_MM
            for r in runs for t in tracks):

@@ -72,6 +72,7 @@ def find_head_first_femurs(
     full_spacing: tuple[float, float, float],
     shift_mm: np.ndarray,
     known_heads_mm: Sequence[np.ndarray] = (),
+    midline_mm: float | None = None,
 ) -> list[HeadFirstFemur]:
     """Femurs of thighs without a shaft run, found from their heads.
 
@@ -91,6 +92,9 @@ def find_head_first_femurs(
     known_heads_mm:
         Centres (full-resolution canonical mm) of the heads of thighs that have a shaft run; each pairs
         with a head found here, and no femur is returned for it.
+    midline_mm:
+        The body midline along axis 2 (coarse mm), if known: a head left of it has its neck to the left.
+        Without it the middle of the field of view stands in.
 
     Returns
     -------
@@ -98,7 +102,7 @@ def find_head_first_femurs(
         None, one (paired with a known head) or two (a pair), for the thighs without a run.
     """
     known = [np.asarray(k, dtype=np.float64) for k in known_heads_mm]
-    heads = _fitted_heads(coarse, image, cspacing, full_spacing, shift_mm)
+    heads = _fitted_heads(coarse, image, cspacing, full_spacing, shift_mm, midline_mm)
     new = [h for h in heads if all(np.linalg.norm(h.centre_mm - k) >= SAME_HEAD_MM for k in known)]
     pair = _best_pair(new, known)
     if not pair:
@@ -125,11 +129,12 @@ def _fitted_heads(
     cspacing: tuple[float, float, float],
     full_spacing: tuple[float, float, float],
     shift_mm: np.ndarray,
+    midline_mm: float | None,
 ) -> list[HeadSphere]:
     """Heads fitted at the ball-in-socket candidates of the lower part of the view, strongest first."""
     extent = np.asarray(coarse.shape, dtype=np.float64) * np.asarray(cspacing)
     hi = np.array([min(extent[0], SEARCH_HEIGHT_MM), extent[1], extent[2]])
-    centre_l = 0.5 * extent[2]
+    centre_l = 0.5 * extent[2] if midline_mm is None else float(midline_mm)
     heads: list[HeadSphere] = []
     tried: list[np.ndarray] = []
     for min_gradient in EDGE_GRADIENTS_HU_PER_MM:
@@ -139,7 +144,8 @@ def _fitted_heads(
                 continue
             tried.append(centre)
             # The neck leaves the head downwards and laterally, ~50 degrees from the body axis; the
-            # side is guessed from the middle of the field of view and refined by the fit.
+            # side is guessed from the body midline (or the middle of the field of view) and refined by
+            # the fit.
             lateral = 1.0 if centre[2] > centre_l else -1.0
             neck = np.array([-np.cos(np.deg2rad(50.0)), 0.0, lateral * np.sin(np.deg2rad(50.0))])
             sphere = fit_head_sphere(image, full_spacing, centre + shift_mm, neck)

@@ -173,12 +173,13 @@ def test_a_study_cut_to_the_top_of_its_femurs_keeps_those_slices_and_the_pelvis_
 
 def test_the_command_cuts_studies_to_the_top_of_their_femurs_and_says_so(tmp_path):
     out = tmp_path / "report"
-    # 8 cm of femur below the top of the heads hold no shaft: both femurs are missed (Dice 0), none invented.
+    # 8 cm of femur below the top of the heads hold no shaft: both femurs come from their heads, each on
+    # its own side (the small preset's 2.5 mm voxels let them take in part of the ischium).
     assert main(["--seeds", "2", "--positions", "FFS", "--preset", "small", "--out", str(out),
                  "--femur-top-mm", "80"]) == 0
     with open(out / "splitter_accuracy.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["side"], float(r["dice"]), float(r["predicted_ml"])) for r in rows] == [
-        ("left", 0.0, 0.0), ("right", 0.0, 0.0)]
+    assert [r["side"] for r in rows] == ["left", "right"]
+    assert all(float(r["dice"]) > 0.75 and r["side_correct"] == "true" for r in rows), rows
     assert all(80.0 < float(r["truth_ml"]) for r in rows)  # the heads and necks are in view
     assert "cut to 80 mm of femur" in (out / "splitter_accuracy.md").read_text()
