@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -208,6 +208,11 @@ class FemurSplit:
     notes: tuple[str, ...] = ()
     no_femur_reason: str | None = None
 
+    @property
+    def remarks(self) -> tuple[str, ...]:
+        """The notes other than "no <side> femur in view" (which reports say per femur anyway)."""
+        return _remarks(self.notes)
+
     def label_map(self) -> np.ndarray:
         """uint8 (z, y, x) on the full input grid: 0 background, 1 left femur, 2 right femur."""
         out = np.zeros(self.full_shape, dtype=np.uint8)
@@ -228,6 +233,10 @@ class FemurSplit:
             "notes": list(self.notes),
             "no_femur_reason": self.no_femur_reason,
         }
+
+
+def _remarks(notes: Sequence[str]) -> tuple[str, ...]:
+    return tuple(n for n in notes if not n.startswith(("no left femur", "no right femur")))
 
 
 def _validate_ct(ct: Any) -> hd.Volume:
@@ -403,7 +412,7 @@ def split_femurs(
 
     reason = None
     if not femurs:
-        detail = [n for n in notes if not n.startswith("no left femur") and not n.startswith("no right femur")]
+        detail = _remarks(notes)
         reason = detail[0] if detail else "no femur found in the field of view"
     logger.info(
         "femur split: %s in %.1f s%s",

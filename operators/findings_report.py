@@ -8,8 +8,10 @@ into it. ``summary.txt`` has one line per femur, as a radiologist would read it:
     Left femur: 2 lytic lesions, largest 3.1 ml, 24 mm, femoral neck, cortex breached.
     Right femur: no lesion.
 
-or the single line ``No femur in view.``. Both files are written under a temporary name in the destination
-folder and renamed when complete.
+or the single line ``No femur in view.``, followed by a ``Note:`` line for each remark of the femur
+splitter on what it found and how (e.g. femurs found from their heads, in a view that ends at the
+trochanters). Both files are written under a temporary name in the destination folder and renamed when
+complete.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,7 @@ def build_report(
     ct: Dataset | None = None,
     segmentation: Dataset | None = None,
     structured_report: Dataset | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The content of ``report.json``.
 
@@ -110,6 +114,9 @@ def build_report(
     ct, segmentation, structured_report:
         A header dataset of the CT series, and the SEG and SR written for it, if any: only their UIDs
         (study, series, instance, frame of reference) are read.
+    notes:
+        Remarks on how the femurs were found (the femur splitter's notes), one line each; no patient
+        identifiers.
 
     Returns
     -------
@@ -138,6 +145,7 @@ def build_report(
         "summary": summary_lines(findings),
         "femurs": body["femurs"],
         "criteria": body["criteria"],
+        "notes": [str(n) for n in notes],
     }
 
 
@@ -169,6 +177,7 @@ def write_findings_report(
     structured_report: Dataset | None = None,
     json_name: str = "report.json",
     text_name: str = "summary.txt",
+    notes: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """Write ``report.json`` and ``summary.txt`` into ``folder`` (created if needed), each atomically.
 
@@ -180,11 +189,12 @@ def write_findings_report(
         The JSON report and the text summary.
     """
     report = build_report(findings=findings, algorithm=algorithm, software_version=software_version, ct=ct,
-                          segmentation=segmentation, structured_report=structured_report)
+                          segmentation=segmentation, structured_report=structured_report, notes=notes)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     json_path = _write_text(folder / json_name, json.dumps(report, indent=2, allow_nan=False) + "\n")
-    text_path = _write_text(folder / text_name, "\n".join(report["summary"]) + "\n")
+    lines = [*report["summary"], *(f"Note: {note}." for note in report["notes"])]
+    text_path = _write_text(folder / text_name, "\n".join(lines) + "\n")
     logger.info("wrote %s and %s", json_path.name, text_path.name)
     return json_path, text_path
 

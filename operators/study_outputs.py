@@ -268,7 +268,7 @@ def write_study_outputs(
             start = time.perf_counter()
             write_findings_report(staging, findings=findings, algorithm=algorithm, software_version=version,
                                   ct=header, segmentation=seg, structured_report=sr,
-                                  json_name=REPORT_FILE, text_name=SUMMARY_FILE)
+                                  json_name=REPORT_FILE, text_name=SUMMARY_FILE, notes=split.remarks)
             seconds["report"] = time.perf_counter() - start
 
             if drawn is not None:

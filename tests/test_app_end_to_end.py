@@ -184,7 +184,8 @@ def test_report_and_summary_agree_with_the_seg(femur_run: AppRun) -> None:
         group = groups[f"{side.capitalize()} femur"]
         assert group["evaluations"]["Lesion"] == ["Present" if femur["n_lesions"] else "Absent"]
         assert group["measurements"]["Number of lesions"][0] == femur["n_lesions"]
-    assert (femur_run.output / SUMMARY_FILE).read_text().splitlines() == report["summary"]
+    assert (femur_run.output / SUMMARY_FILE).read_text().splitlines() == report["summary"] + [
+        f"Note: {note}." for note in report["notes"]]
 
 
 @pytest.mark.skipif(not CHEST_J2K.is_dir(), reason=f"real CT series not available ({CHEST_J2K})")
@@ -194,7 +195,9 @@ def test_real_chest_ct_is_no_femur_in_view(tmp_path: Path, lesion_model: Path) -
     assert process.returncode == 0, _failure_details(process)
     assert process.stderr == ""
     assert not (out / SEG_FILE).exists()
-    assert (out / SUMMARY_FILE).read_text() == "No femur in view.\n"
+    summary = (out / SUMMARY_FILE).read_text().splitlines()
+    assert summary[0] == "No femur in view."
+    assert summary[1].startswith("Note: no femoral shaft found") and "no pair of femoral heads" in summary[1]
     report = json.loads((out / REPORT_FILE).read_text())
     assert report["femur_in_view"] is False
     assert report["outputs"]["segmentation"] is None

@@ -297,6 +297,19 @@ def test_report_no_femur_in_view(tmp_path):
     assert report["summary"] == ["No femur in view."]
     assert report["study"] is None
     assert report["femurs"]["left"] == {"side": "left", "present": False}
+    assert report["notes"] == []
+
+
+def test_the_splitters_notes_follow_the_summary_in_both_files(tmp_path):
+    # How the femurs were found matters to the reader: a femur found from its head, in a view that ends at
+    # the trochanters, is only the top of the bone.
+    absent = StudyFindings(left=FemurFindings(side="left", present=False),
+                           right=FemurFindings(side="right", present=False))
+    note = "no femoral shaft found (no long, round, solitary bone cross-section)"
+    json_path, text_path = write_findings_report(tmp_path, findings=absent, algorithm=ALGORITHM,
+                                                 software_version="0.1.0", notes=(note,))
+    assert json.loads(json_path.read_text())["notes"] == [note]
+    assert text_path.read_text() == f"No femur in view.\nNote: {note}.\n"
 
 
 REAL_SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_ct_chest_j2k"
