@@ -344,7 +344,8 @@ def _slab_source_datasets(
     if not np.all(np.linalg.norm(positions - expected, axis=1) <= _SAME_PLANE_MM):
         return None
     # The frames' orientation and pixel spacing are copied from the sources too: they must be the CT's.
-    row, column = np.array(next(iter(orientations))[:3]), np.array(next(iter(orientations))[3:])
+    (orientation,) = orientations
+    row, column = np.array(orientation[:3]), np.array(orientation[3:])
     spacing_y, spacing_x = ct.spacing[1], ct.spacing[2]
     if not (np.allclose(affine[:3, 2], row * spacing_x, atol=1e-4) and np.allclose(affine[:3, 1], column * spacing_y, atol=1e-4)):
         return None

@@ -592,7 +592,7 @@ def _segment_canonical(
     body = _body_mask(coarse, cfg.body_threshold_hu)
     bone = _fill_slices((coarse > cfg.bone_threshold_hu) & body)
     midline_mm = _midline(body, cspacing[2])
-    _, tracks = find_shaft_tracks(bone, coarse, cspacing, criteria=cfg.shaft, midline_mm=midline_mm)
+    plane_labels, tracks = find_shaft_tracks(bone, coarse, cspacing, criteria=cfg.shaft, midline_mm=midline_mm)
     if not tracks and midline_mm is not None:
         # The "midline" can be the centre of a single leg: with one thigh in view and the other cut by
         # the field of view, the cut leg is a small piece the body mask drops, and the leg left is
@@ -624,7 +624,7 @@ def _segment_canonical(
             )
     if len(tracks) < 2 and cfg.head_first:
         # Still a thigh without a run: the view may end at the trochanters, with no shaft at all.
-        from_heads = _head_first_tracks(image, view, coarse, bone, tracks, cspacing, factors, midline_mm)
+        from_heads = _head_first_tracks(image, view, coarse, plane_labels, tracks, cspacing, factors, midline_mm)
         if from_heads:
             tracks = tracks + from_heads
             result.notes.append(
@@ -695,7 +695,7 @@ def _head_first_tracks(
     image: np.ndarray,
     view: CanonicalView,
     coarse: np.ndarray,
-    bone: np.ndarray,
+    plane_labels: np.ndarray,
     tracks: list[ShaftTrack],
     cspacing: tuple[float, float, float],
     factors: tuple[int, int, int],
@@ -714,9 +714,8 @@ def _head_first_tracks(
             # Without its head the pair cannot be checked: no femur is added beside it.
             return []
         known.append(sphere.centre_mm)
-    femurs = find_head_first_femurs(coarse, bone, image, cspacing, full_spacing, shift, known_heads_mm=known,
-                                    midline_mm=midline_mm)
-    runs = [f.track for f in femurs]
+    runs = find_head_first_femurs(coarse, plane_labels, image, cspacing, full_spacing, shift, known_heads_mm=known,
+                                  midline_mm=midline_mm)
     if any(abs(r.mean_centre_mm[1] - t.mean_centre_mm[1]) < _PROXIMAL_RUN_MIN_SEPARATION_MM
            for r in runs for t in tracks):
         return []

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from operators.femur_hip import HeadSphere, fit_head_sphere, socket_centres
-from operators.femur_shafts import _IN_PLANE_8, ShaftTrack
+from operators.femur_shafts import ShaftTrack
 
 logger = logging.getLogger(__name__)
 
@@ -56,32 +55,25 @@ MIN_PIECE_AREA_MM2 = 150.0
 SAME_HEAD_MM = 10.0
 
 
-@dataclass(frozen=True)
-class HeadFirstFemur:
-    """A femur found from its head: the fitted head (full-resolution canonical mm) and its run below."""
-
-    head: HeadSphere
-    track: ShaftTrack
-
-
 def find_head_first_femurs(
     coarse: np.ndarray,
-    bone: np.ndarray,
+    plane_labels: np.ndarray,
     image: np.ndarray,
     cspacing: tuple[float, float, float],
     full_spacing: tuple[float, float, float],
     shift_mm: np.ndarray,
     known_heads_mm: Sequence[np.ndarray] = (),
     midline_mm: float | None = None,
-) -> list[HeadFirstFemur]:
-    """Femurs of thighs without a shaft run, found from their heads.
+) -> list[ShaftTrack]:
+    """Runs for the femurs of thighs without a shaft run, found from their heads.
 
     Parameters
     ----------
     coarse:
         Coarse canonical CT (HU), positions ``index * cspacing``.
-    bone:
-        Bool coarse bone mask (holes of each slice filled), as the shaft search uses it.
+    plane_labels:
+        The in-plane (8-connected) labels of each slice of the coarse bone mask, as the shaft search
+        returns them (:func:`operators.femur_shafts.find_shaft_tracks`).
     image:
         Full-resolution canonical CT (HU), positions ``index * full_spacing``.
     cspacing, full_spacing:
@@ -98,8 +90,9 @@ def find_head_first_femurs(
 
     Returns
     -------
-    list of HeadFirstFemur
-        None, one (paired with a known head) or two (a pair), for the thighs without a run.
+    list of ShaftTrack
+        None, one (paired with a known head) or two (a pair), for the thighs without a run; each a
+        ``short`` run from below its head down to the end of the view.
     """
     known = [np.asarray(k, dtype=np.float64) for k in known_heads_mm]
     heads = _fitted_heads(coarse, image, cspacing, full_spacing, shift_mm, midline_mm)
@@ -108,7 +101,6 @@ def find_head_first_femurs(
     if not pair:
         logger.debug("head-first search: %d head(s) fitted, no level pair", len(heads))
         return []
-    plane_labels, _ = ndi.label(bone, structure=_IN_PLANE_8)
     found = []
     for head, partner in pair:
         lateral = np.sign(head.centre_mm[2] - partner[2]) or 1.0
@@ -116,7 +108,7 @@ def find_head_first_femurs(
         if track is None:
             logger.debug("head-first search: no bone piece below the head at %s mm", np.round(head.centre_mm))
             continue
-        found.append(HeadFirstFemur(head, track))
+        found.append(track)
     if len(found) != len(pair):
         # Half a pair is no evidence of a hip: both heads need their femur below them.
         return []
