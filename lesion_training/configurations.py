@@ -1,9 +1,9 @@
-"""The two training configurations, applied by editing the plans nnU-Net generates.
+"""The training configurations, applied by editing the plans nnU-Net generates.
 
-nnU-Net plans a dataset by itself (target spacing, patch size, network topology, batch size). Both
+nnU-Net plans a dataset by itself (target spacing, patch size, network topology, batch size). The
 configurations below start from those plans and change only what they list; the network topology
 for a given patch size still comes from nnU-Net's own rule (``get_pool_and_conv_props``). Each is
-saved under its own plans identifier (``nnUNetPlans_femur_<name>``), so both can live in one workspace.
+saved under its own plans identifier (``nnUNetPlans_femur_<name>``), so all can live in one workspace.
 
 ``paper`` — the configuration of Rachmil et al. (2024), for a GPU
     =========================  ===================================  =====================
@@ -57,7 +57,18 @@ saved under its own plans identifier (``nnUNetPlans_femur_<name>``), so both can
     560 x 110 x 110 crop costs ~5 CPU-seconds without test-time mirroring and ~22 with it.
     Everything else as ``paper``.
 
-Intensity normalisation, both configurations
+``small_gpu`` — the ``small`` network on a GPU, for the shipped model
+    The same grid, patch and network as ``small`` (so the model predicts on a CPU as fast as a
+    ``small`` one), trained with batch 8 for as many epochs of 250 iterations as fit in a time budget
+    (7.5 minutes by default, at most 1000 epochs; ``time_budget_minutes``). Epochs of nnU-Net's 250
+    iterations, not fewer: each epoch ends with about a second of logging and plotting, which took a
+    third of the time with epochs of 50 iterations on an H200. Eight patches per batch
+    with the Dice over the batch leave few batches without any lesion voxel (nnU-Net samples a third
+    of the patches around foreground): the batches of two in which the smoothed Dice rewards
+    predicting no lesion at all (``dice_smoothing``) become rare. On a GPU the data augmentation
+    (nnU-Net's worker processes on the CPU) sets the pace, not the network.
+
+Intensity normalisation, all configurations
     Femur-only crops hold HU inside the femur and 0 outside. nnU-Net's ``CT`` scheme would normalise
     with dataset-wide statistics over the whole crop, zeros included; the paper z-scores each femur
     over its own voxels. ``ZScoreNormalization`` with ``use_mask_for_norm: [true]`` does exactly that:
@@ -159,6 +170,13 @@ class TrainingConfiguration:
         class adds 0 and no gradient. Measured on the short CPU schedule (see ``docs/training/experiments.md``): on 40
         synthetic patients neither was clearly better; on 120, training with smoothing collapsed (lesion
         pseudo-Dice 0 throughout) and training without reached a held-out lesion Dice of 0.16.
+    time_budget_minutes : float or None
+        Wall-clock minutes the training loop may take (None: no limit). After each epoch the trainer
+        sets the number of epochs to what fits in the rest of the budget at the recent epochs' pace (at
+        most ``num_epochs``), and the learning-rate schedule follows the new total, so a run on an
+        unknown machine ends on time with its learning rate decayed as nnU-Net's poly schedule intends
+        (:class:`lesion_training.trainers.nnUNetTrainerFemur`). The epochs trained are in the training
+        log, the checkpoint and the exported model.json (``training.epochs_trained``).
     """
 
     name: str
@@ -174,6 +192,7 @@ class TrainingConfiguration:
     val_iterations_per_epoch: int
     batch_dice: bool | None = None
     dice_smoothing: bool = True
+    time_budget_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():
@@ -190,6 +209,8 @@ class TrainingConfiguration:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_features < self.base_features:
             raise ValueError("max_features must be at least base_features")
+        if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
+            raise ValueError(f"time_budget_minutes must be positive minutes, got {self.time_budget_minutes}")
 
     @property
     def plans_identifier(self) -> str:
@@ -230,11 +251,21 @@ SMALL = TrainingConfiguration(
     batch_dice=True,
 )
 
-CONFIGURATIONS: dict[str, TrainingConfiguration] = {c.name: c for c in (PAPER, SMALL)}
+SMALL_GPU = SMALL.replace(
+    name="small_gpu",
+    description="GPU: the small network and grid, batch 8, up to 1000x250 iterations within a 7.5-minute budget",
+    batch_size=8,
+    num_epochs=1000,
+    iterations_per_epoch=250,
+    val_iterations_per_epoch=10,
+    time_budget_minutes=7.5,
+)
+
+CONFIGURATIONS: dict[str, TrainingConfiguration] = {c.name: c for c in (PAPER, SMALL, SMALL_GPU)}
 
 
 def get_configuration(name: str) -> TrainingConfiguration:
-    """The configuration called ``name`` (``"paper"`` or ``"small"``)."""
+    """The configuration called ``name`` (``"paper"``, ``"small"`` or ``"small_gpu"``)."""
     try:
         return CONFIGURATIONS[name]
     except KeyError:
@@ -338,4 +369,6 @@ def schedule_entry(configuration: TrainingConfiguration) -> dict[str, Any]:
         "num_iterations_per_epoch": configuration.iterations_per_epoch,
         "num_val_iterations_per_epoch": configuration.val_iterations_per_epoch,
         "dice_smoothing": bool(configuration.dice_smoothing),
+        "time_budget_s": None if configuration.time_budget_minutes is None
+        else round(60.0 * configuration.time_budget_minutes, 1),
     }

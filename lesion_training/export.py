@@ -141,8 +141,10 @@ def export_model(
         for name in _COPIED_FILES:
             if (source / name).is_file():
                 shutil.copy2(source / name, staging / name)
+        epochs_trained: dict[str, int | None] = {}
         for fold in fold_names:
             checkpoint = torch.load(source / fold / CHECKPOINT, map_location="cpu", weights_only=False)
+            epochs_trained[fold] = checkpoint.get("current_epoch")
             slim = {key: checkpoint.get(key) for key in _INFERENCE_KEYS}
             if slim["trainer_name"] == TRAINER_NAME:
                 slim["trainer_name"] = EXPORTED_TRAINER_NAME
@@ -160,6 +162,8 @@ def export_model(
             validation_dice=_validation_dice(source, fold_names), dataset_name=dataset_name,
             fine_tuned_from=fine_tuned_from,
         )
+        # A time budget (schedule "time_budget_s") can end training before the schedule's num_epochs.
+        info["training"]["epochs_trained"] = epochs_trained
         (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         _replace_folder(staging, destination)
 
@@ -231,6 +235,7 @@ def _model_json(
         "target_spacing_mm_zyx": canonical(fullres["spacing"]),
         "patch_size_zyx": canonical(fullres["patch_size"]),
         "features_per_stage": fullres["architecture"]["arch_kwargs"]["features_per_stage"],
+        "batch_size": fullres.get("batch_size"),
         "schedule": fullres.get(SCHEDULE_KEY),
         "training": {
             "dataset": dataset_name,

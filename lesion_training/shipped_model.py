@@ -94,6 +94,8 @@ class Settings:
     steps: tuple[str, ...]
     #: Epochs of the second stage (0: one stage); see the module's step 3b.
     continue_epochs: int = 0
+    #: Where training runs: ``"cpu"`` or ``"cuda"`` (resolved from ``--device``).
+    device: str = "cpu"
 
 
 STEPS = ("cohort", "prepare-evaluation", "train", "export", "continue", "postprocessing", "evaluate", "card")
@@ -116,8 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="held-out standard studies (default: %(default)s)")
     parser.add_argument("--validation-seeds", default=VALIDATION_SEEDS,
                         help="held-out standard studies the post-processing is chosen on (default: %(default)s)")
-    parser.add_argument("--config", default="small", help="training configuration (default: small)")
+    parser.add_argument("--config", default="small", choices=sorted(CONFIGURATIONS),
+                        help="training configuration (default: small)")
     parser.add_argument("--epochs", type=int, help="epochs instead of the configuration's")
+    parser.add_argument("--time-budget-min", type=float,
+                        help="wall-clock minutes the training loop may take instead of the configuration's budget "
+                             "(the epochs are cut to fit, the learning rate decays over those that fit)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where training runs (default: auto, CUDA when available); evaluation runs on the CPU")
     parser.add_argument("--continue-epochs", type=int, default=0,
                         help="then train this many more epochs from the first stage's weights, with a fresh "
                              "learning-rate schedule and the Dice without smoothing (default: 0, one stage)")
@@ -140,15 +148,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.epochs is not None:
         configuration = configuration.replace(
             num_epochs=args.epochs, description=f"{configuration.description}; {args.epochs} epochs instead")
+    if args.time_budget_min is not None:
+        if not args.time_budget_min > 0:
+            print(f"error: --time-budget-min must be positive minutes, got {args.time_budget_min}", file=sys.stderr)
+            return 2
+        configuration = configuration.replace(
+            time_budget_minutes=args.time_budget_min,
+            description=f"{configuration.description}; {args.time_budget_min:g}-minute budget instead")
     if args.continue_epochs < 0:
         print(f"error: --continue-epochs must be 0 or more, got {args.continue_epochs}", file=sys.stderr)
+        return 2
+    from lesion_training.train import resolve_training_device
+
+    try:
+        device = resolve_training_device(args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     settings = Settings(
         workspace=args.workspace.expanduser().resolve(), model_folder=args.model_folder, card=args.card,
         training_seeds=args.training_seeds, evaluation_seeds=args.evaluation_seeds,
         validation_seeds=args.validation_seeds, configuration=configuration,
         workers=args.workers, mirroring=args.mirroring, resume=args.resume, steps=tuple(args.steps),
-        continue_epochs=args.continue_epochs,
+        continue_epochs=args.continue_epochs, device=device,
     )
     try:
         run(settings, command=_recorded_command(args))
@@ -189,7 +211,7 @@ def run(settings: Settings, *, command: str) -> None:
         timed("prepare-evaluation", time.monotonic() - t0)
     if "train" in settings.steps:
         t0 = time.monotonic()
-        train_fold_all(workspace, settings.configuration, resume=settings.resume)
+        train_fold_all(workspace, settings.configuration, resume=settings.resume, device=settings.device)
         timed("train", time.monotonic() - t0)
     first_stage = settings.workspace / FIRST_STAGE_FOLDER if settings.continue_epochs else settings.model_folder
     if "export" in settings.steps:
@@ -197,7 +219,8 @@ def run(settings: Settings, *, command: str) -> None:
 
         exported = export_model(
             workspace, DATASET_NAME, settings.configuration, folds=("all",), output=first_stage,
-            model_name=MODEL_NAME, model_version=MODEL_VERSION, training_command=command, training_device="cpu",
+            model_name=MODEL_NAME, model_version=MODEL_VERSION, training_command=command,
+            training_device=settings.device,
         )
         logger.info("model folder %s: %.1f MB", exported.folder, exported.size_bytes / 1e6)
     if "continue" in settings.steps and settings.continue_epochs:
@@ -208,7 +231,8 @@ def run(settings: Settings, *, command: str) -> None:
         exported = fine_tune(
             dataset_folder, base_model=first_stage, workspace=workspace, output=settings.model_folder,
             # The smoothed Dice collapsed to predicting no lesion in a second stage (docs/training/experiments.md).
-            schedule=FineTuneSchedule(num_epochs=settings.continue_epochs, dice_smoothing=False), device="cpu",
+            schedule=FineTuneSchedule(num_epochs=settings.continue_epochs, dice_smoothing=False),
+            device=settings.device,
             model_name=MODEL_NAME,
             model_version=MODEL_VERSION, num_processes=max(1, min(8, os.cpu_count() or 1)), command=command,
         )
@@ -232,7 +256,8 @@ def run(settings: Settings, *, command: str) -> None:
 # ----------------------------------------------------------------------------------------- training
 
 
-def train_fold_all(workspace: Any, configuration: TrainingConfiguration, *, resume: bool = False) -> Path:
+def train_fold_all(workspace: Any, configuration: TrainingConfiguration, *, resume: bool = False,
+                   device: str = "cpu") -> Path:
     """Plan, preprocess and train nnU-Net fold ``all`` on the cohort; returns the fold's folder.
 
     Planning and preprocessing are :func:`lesion_training.train.plan_and_preprocess`; the fold trains in a
@@ -250,7 +275,7 @@ def train_fold_all(workspace: Any, configuration: TrainingConfiguration, *, resu
         logger.info("fold all already trained: %s", fold_folder)
         return fold_folder
     plan_and_preprocess(workspace, name, configuration, num_processes=processes)
-    train_fold(workspace, name, configuration, "all", device="cpu", num_processes=processes, final_validation=False,
+    train_fold(workspace, name, configuration, "all", device=device, num_processes=processes, final_validation=False,
                resume=resume and (fold_folder / "checkpoint_latest.pth").is_file())
     if not (fold_folder / "checkpoint_final.pth").is_file():
         raise TrainingRunError(f"nnU-Net training of fold all left no final checkpoint; log in {fold_folder}")
@@ -507,18 +532,30 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
     folder = settings.model_folder.as_posix()
     configured = CONFIGURATIONS.get(configuration_name or "")
     default_epochs = configured.num_epochs if configured is not None else None
+    default_budget = (None if configured is None or configured.time_budget_minutes is None
+                      else round(60.0 * configured.time_budget_minutes, 1))
+    on_gpu = str(training.get("device") or "").startswith("cuda")
     command = reproduce_command(command, first_schedule.get("num_epochs"), default_epochs,
-                                continue_epochs=schedule.get("num_epochs") if first_stage else None)
+                                continue_epochs=schedule.get("num_epochs") if first_stage else None,
+                                configuration=configuration_name, device="cuda" if on_gpu else None,
+                                time_budget_s=first_schedule.get("time_budget_s"), default_time_budget_s=default_budget)
+    batch = info.get("batch_size") or 2
     if first_stage:
         schedule_text = (
             f"{first_schedule.get('num_epochs')} epochs x {first_schedule.get('num_iterations_per_epoch')} iterations "
-            f"(batch 2), then {schedule.get('num_epochs')} epochs x {schedule.get('num_iterations_per_epoch')} more "
+            f"(batch {batch}), then {schedule.get('num_epochs')} epochs x {schedule.get('num_iterations_per_epoch')} more "
             "from those weights (every weight carried over, the output layer included; the learning "
             f"rate restarted at 0.01 and decayed again), {schedule.get('num_val_iterations_per_epoch')} validation "
             "iterations per epoch")
+    elif schedule.get("time_budget_s"):
+        trained = ", ".join(str(v) for v in (training.get("epochs_trained") or {}).values()) or "?"
+        schedule_text = (f"**{trained} epochs** x {schedule.get('num_iterations_per_epoch')} iterations (batch {batch}): "
+                         f"as many as fitted in a {schedule['time_budget_s'] / 60.0:g}-minute budget (at most "
+                         f"{schedule.get('num_epochs')}), the learning rate decayed over those; "
+                         f"{schedule.get('num_val_iterations_per_epoch')} validation iterations per epoch")
     else:
         schedule_text = (f"{schedule.get('num_epochs')} epochs x {schedule.get('num_iterations_per_epoch')} iterations "
-                         f"(batch 2), {schedule.get('num_val_iterations_per_epoch')} validation iterations per epoch")
+                         f"(batch {batch}), {schedule.get('num_val_iterations_per_epoch')} validation iterations per epoch")
     m = (evaluation or {}).get("metrics", {})
 
     def fmt(value: Any, digits: int = 2) -> str:
@@ -571,7 +608,7 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         f"{settings.training_seeds} (`python -m lesion_training synthetic-dataset`), generated in memory and built by the "
         "same dataset builder as real studies: femurs cut out by the application's splitter, reference lesions and "
         "cysts cut with the crop box and restricted to the femur mask (clipped voxels are counted in "
-        "`dataset_report.md`). Seeds 1000-1039 are used nowhere else in the project.",
+        f"`dataset_report.md`). Seeds {settings.training_seeds} are used nowhere else in the project.",
         "- Drawn wide on purpose: pixels 1.2-1.9 mm, slices 1.5-3 mm, field of view 400-500 mm, noise 5-45 HU, "
         "kVp 80-140, with/without contrast, head- or feet-first, either slice order, knees in view or not, sometimes "
         "one femur only, 0-4 lesions per patient, cysts in about a third.",
@@ -581,8 +618,9 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         "",
         "## Training",
         "",
-        "Reproduce from scratch" + (f" ({sum(timings.values()) / 60:.0f} min on 2 CPU cores, measured below):"
-                                    if timings else ":"),
+        "Reproduce from scratch" + (":" if not timings else
+                                    f" ({sum(timings.values()) / 60:.0f} min, measured below):" if on_gpu else
+                                    f" ({sum(timings.values()) / 60:.0f} min on 2 CPU cores, measured below):"),
         "",
         "```",
         command,
@@ -592,7 +630,9 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         f"torch {training.get('torch')}.",
     ]
     if timings:
-        lines += ["", "Measured durations (2 shared CPU cores): " + ", ".join(
+        where = ("training on the GPU, every other step on 2 shared CPU cores" if on_gpu
+                 else "2 shared CPU cores")
+        lines += ["", f"Measured durations ({where}): " + ", ".join(
             f"{k} {v / 60:.1f} min" for k, v in timings.items()) + "."]
     if default_epochs is not None and first_schedule.get("num_epochs") != default_epochs:
         change = "shortened" if first_schedule.get("num_epochs", 0) < default_epochs else "lengthened"
@@ -674,7 +714,8 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
         "kernels, implants and pathology are not represented.",
         "- The lesion is searched inside the splitter's femur mask only: lesion parts the splitter leaves out "
         "(e.g. where a lesion breaks through the cortex) cannot be found.",
-        "- Trained at >= 2.0 x 1.6 x 1.6 mm on a short CPU schedule: small lesions and fine borders suffer.",
+        "- Trained at >= 2.0 x 1.6 x 1.6 mm" + (" for minutes on a GPU" if on_gpu else " on a short CPU schedule")
+        + ": small lesions and fine borders suffer.",
         "- Subtle low-contrast shaft lesions can be confused with marrow; femoral-head cysts are not tumours.",
     ]
     found_as_cyst = m.get("cyst_voxels_called_cyst") if evaluation is not None else None
@@ -721,19 +762,30 @@ def _cohort_lines(report: dict[str, Any] | None) -> list[str]:
 
 
 def reproduce_command(command: str, trained_epochs: int | None, default_epochs: int | None, *,
-                      continue_epochs: int | None = None) -> str:
-    """The command that reproduces the model: ``command`` with the epochs it was trained for.
+                      continue_epochs: int | None = None, configuration: str | None = None,
+                      device: str | None = None, time_budget_s: float | None = None,
+                      default_time_budget_s: float | None = None) -> str:
+    """The command that reproduces the model: ``command`` with the configuration, device and schedule it was
+    trained with.
 
     The card can be rewritten by a later invocation (``--steps card``, or evaluation only) that does not
-    repeat ``--epochs`` or ``--continue-epochs``; the trained schedule (``trained_epochs``, then
-    ``continue_epochs`` from those weights), not that invocation, says how long the model was trained.
+    repeat ``--epochs``, ``--continue-epochs``, ``--config``, ``--device`` or ``--time-budget-min``; the model
+    (its ``configuration``, training ``device``, trained schedule: ``trained_epochs``, then ``continue_epochs``
+    from those weights, and ``time_budget_s`` against the configuration's ``default_time_budget_s``), not that
+    invocation, says how it was trained.
     """
     parts = shlex.split(command)
-    for option in ("--epochs", "--continue-epochs"):
+    for option in ("--epochs", "--continue-epochs", "--config", "--device", "--time-budget-min"):
         if option in parts:
             i = parts.index(option)
             del parts[i:i + 2]
     at = parts.index("--workers") + 2 if "--workers" in parts else len(parts)
+    if time_budget_s is not None and time_budget_s != default_time_budget_s:
+        parts[at:at] = ["--time-budget-min", f"{time_budget_s / 60.0:g}"]
+    if device == "cuda":
+        parts[at:at] = ["--device", "cuda"]
+    if configuration and configuration != "small":
+        parts[at:at] = ["--config", configuration]
     if continue_epochs:
         parts[at:at] = ["--continue-epochs", str(continue_epochs)]
     if trained_epochs is not None and trained_epochs != default_epochs:
@@ -743,6 +795,12 @@ def reproduce_command(command: str, trained_epochs: int | None, default_epochs: 
 
 def _recorded_command(args: argparse.Namespace) -> str:
     parts = ["python", "-m", "lesion_training.shipped_model", "--workers", str(args.workers)]
+    if args.config != "small":
+        parts += ["--config", args.config]
+    if args.device != "auto":
+        parts += ["--device", args.device]
+    if args.time_budget_min is not None:
+        parts += ["--time-budget-min", f"{args.time_budget_min:g}"]
     if args.epochs is not None:
         parts += ["--epochs", str(args.epochs)]
     if args.continue_epochs:

@@ -43,9 +43,11 @@ class nnUNetTrainerFemur(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming scheme 
 
     The plans configuration may hold ``femur_training_schedule`` with ``num_epochs``,
     ``num_iterations_per_epoch`` and ``num_val_iterations_per_epoch`` (missing keys keep nnU-Net's defaults:
-    1000, 250, 50) and ``dice_smoothing`` (missing: true, nnU-Net's loss; false: the loss of nnU-Net's
+    1000, 250, 50), ``dice_smoothing`` (missing: true, nnU-Net's loss; false: the loss of nnU-Net's
     ``nnUNetTrainerDiceCELoss_noSmooth``, see
-    :attr:`lesion_training.configurations.TrainingConfiguration.dice_smoothing` for when that matters).
+    :attr:`lesion_training.configurations.TrainingConfiguration.dice_smoothing` for when that matters) and
+    ``time_budget_s`` (missing or null: no limit; else the training loop's wall-clock budget, see
+    :meth:`fit_epochs_to_budget`).
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -60,7 +62,12 @@ class nnUNetTrainerFemur(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming scheme 
         # Short schedules would otherwise never write checkpoint_latest.pth to resume from.
         self.save_every = max(1, min(self.save_every, self.num_epochs // 10))
         self.dice_smoothing = bool(schedule.get("dice_smoothing", True))
+        budget = schedule.get("time_budget_s")
+        #: Wall-clock seconds the training loop may take (None: no limit); see :meth:`fit_epochs_to_budget`.
+        self.time_budget_s: float | None = None if budget is None else float(budget)
+        self._scheduled_epochs = self.num_epochs
         self._epoch_durations: list[float] = []
+        self._loop_started: float | None = None
 
     def _build_loss(self):  # noqa: ANN202 (nnU-Net's signature)
         if self.dice_smoothing:
@@ -68,11 +75,48 @@ class nnUNetTrainerFemur(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming scheme 
         # nnU-Net's own variant, called on this trainer: the same Dice + CE with smooth = 0.
         return nnUNetTrainerDiceCELoss_noSmooth._build_loss(self)
 
+    def run_training(self) -> None:
+        """nnU-Net's training loop, re-reading ``num_epochs`` after every epoch (the time budget may lower it)."""
+        self.on_train_start()
+        self._loop_started = time.monotonic()
+        while self.current_epoch < self.num_epochs:
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            train_outputs = [self.train_step(next(self.dataloader_train))
+                             for _ in range(self.num_iterations_per_epoch)]
+            self.on_train_epoch_end(train_outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val_outputs = [self.validation_step(next(self.dataloader_val))
+                               for _ in range(self.num_val_iterations_per_epoch)]
+                self.on_validation_epoch_end(val_outputs)
+            self.on_epoch_end()
+        self.on_train_end()
+
+    def fit_epochs_to_budget(self, epochs_done: int, seconds_used: float) -> None:
+        """Set ``num_epochs`` to what fits in the rest of :attr:`time_budget_s` at the recent epochs' pace.
+
+        ``epochs_done`` epochs took ``seconds_used`` seconds of the loop. Re-fitted after every epoch, so
+        slow first epochs (worker start-up, cuDNN's benchmark) do not fix the count for good; never more
+        than the schedule's ``num_epochs``, never fewer than ``epochs_done``. The learning-rate schedule
+        (nnU-Net's poly decay over ``num_epochs``) follows the new total, so the rate still reaches about
+        zero at the last epoch.
+        """
+        if self.time_budget_s is None or not self._epoch_durations:
+            return
+        pace = float(np.mean(self._epoch_durations[-_ETA_WINDOW:]))
+        fitting = epochs_done + int(max(0.0, self.time_budget_s - seconds_used) // max(pace, 1e-6))
+        self.num_epochs = max(epochs_done, min(self._scheduled_epochs, fitting))
+        if hasattr(self.lr_scheduler, "max_steps"):
+            self.lr_scheduler.max_steps = max(self.num_epochs, 1)
+
     def on_epoch_end(self) -> None:
         epoch = self.current_epoch
         start = self.logger.get_value("epoch_start_timestamps", step=-1)
         super().on_epoch_end()
         self._epoch_durations.append(time.time() - start)
+        if self._loop_started is not None:
+            self.fit_epochs_to_budget(epoch + 1, time.monotonic() - self._loop_started)
         recent = self._epoch_durations[-_ETA_WINDOW:]
         seconds_left = float(np.mean(recent)) * (self.num_epochs - epoch - 1)
         dice = self.logger.get_value("dice_per_class_or_region", step=-1)

@@ -410,3 +410,33 @@ def test_a_two_stage_card_names_both_stages_and_the_command_that_repeats_them(tm
 
     assert f"](../{EXPERIMENTS_DOC})" in card
     assert (Path(__file__).resolve().parents[1] / EXPERIMENTS_DOC).is_file()
+
+
+def test_a_gpu_card_names_the_epochs_that_fitted_the_budget_and_the_command_that_repeats_the_training(tmp_path):
+    from lesion_training.shipped_model import Settings, render_model_card, reproduce_command
+
+    # A card rewritten by an invocation without --config/--device/--time-budget-min still names the model's.
+    assert reproduce_command("python -m lesion_training.shipped_model --workers 2 --no-mirroring", 1000, 1000,
+                             configuration="small_gpu", device="cuda", time_budget_s=300.0,
+                             default_time_budget_s=450.0) == (
+        "python -m lesion_training.shipped_model --workers 2 --config small_gpu --device cuda --time-budget-min 5 "
+        "--no-mirroring")
+    info = {
+        "name": "femur-lesion-synthetic-demo", "version": "0.2.0", "configuration": "small_gpu", "batch_size": 8,
+        "target_spacing_mm_zyx": [2.3, 1.6, 1.6], "patch_size_zyx": [96, 48, 48],
+        "features_per_stage": [16, 32, 64, 128, 128], "label_names": {"0": "background", "1": "lesion", "2": "cyst"},
+        "schedule": {"num_epochs": 1000, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 10,
+                     "dice_smoothing": True, "time_budget_s": 300.0},
+        "training": {"num_training_cases": 225, "device": "cuda", "epochs_trained": {"fold_all": 42}},
+    }
+    settings = Settings(workspace=tmp_path, model_folder=tmp_path / "model", card=tmp_path / "README.md",
+                        training_seeds="1000-1119", evaluation_seeds="2000-2009", validation_seeds="3000-3009",
+                        configuration=None, workers=2, mirroring=False, resume=False, steps=())
+    card = render_model_card(info, None, {"cohort": 570.0, "train": 311.0}, 14_700_000, settings,
+                             "python -m lesion_training.shipped_model --workers 2 --no-mirroring")
+    assert ("| schedule | **42 epochs** x 250 iterations (batch 8): as many as fitted in a 5-minute budget "
+            "(at most 1000)") in card
+    assert "--config small_gpu --device cuda --time-budget-min 5 --no-mirroring" in card
+    assert "training on the GPU, every other step on 2 shared CPU cores" in card
+    assert "Seeds 1000-1119 are used nowhere else" in card
+    assert "2 CPU cores, measured below" not in card

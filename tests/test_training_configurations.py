@@ -11,6 +11,7 @@ from lesion_training.configurations import (
     PAPER,
     SCHEDULE_KEY,
     SMALL,
+    SMALL_GPU,
     TrainingConfiguration,
     apply_configuration,
     get_configuration,
@@ -89,11 +90,11 @@ def test_paper_configuration_reproduces_the_papers_network() -> None:
     assert len(arch["n_conv_per_stage"]) == 6 and len(arch["n_conv_per_stage_decoder"]) == 5
     assert fullres[SCHEDULE_KEY] == {"configuration": "paper", "num_epochs": 1000,
                                      "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50,
-                                     "dice_smoothing": True}
+                                     "dice_smoothing": True, "time_budget_s": None}
 
 
-@pytest.mark.parametrize("configuration", [PAPER, SMALL])
-def test_both_configurations_zscore_within_the_femur(configuration: TrainingConfiguration) -> None:
+@pytest.mark.parametrize("configuration", [PAPER, SMALL, SMALL_GPU])
+def test_every_configuration_zscores_within_the_femur(configuration: TrainingConfiguration) -> None:
     plans = apply_configuration(_planner_output([1.0, 0.85, 0.85], [420.0, 92.0, 110.0]), configuration)
     assert _fullres(plans)["normalization_schemes"] == ["ZScoreNormalization"]
     assert _fullres(plans)["use_mask_for_norm"] == [True]
@@ -113,6 +114,17 @@ def test_the_plans_say_whether_the_dice_is_smoothed_and_both_configurations_keep
     assert _fullres(apply_configuration(planned, SMALL))[SCHEDULE_KEY]["dice_smoothing"] is True
     unsmoothed = apply_configuration(planned, SMALL.replace(dice_smoothing=False))
     assert _fullres(unsmoothed)[SCHEDULE_KEY]["dice_smoothing"] is False
+
+
+def test_the_gpu_configuration_trains_the_small_network_on_the_small_grid_in_bigger_batches_within_a_budget() -> None:
+    planned = _planner_output([1.0, 0.85, 0.85], [420.0, 92.0, 110.0])
+    small, gpu = _fullres(apply_configuration(planned, SMALL)), _fullres(apply_configuration(planned, SMALL_GPU))
+    for key in ("spacing", "patch_size", "architecture", "batch_dice", "normalization_schemes", "use_mask_for_norm"):
+        assert gpu[key] == small[key], key
+    assert (small["batch_size"], gpu["batch_size"]) == (2, 8)
+    assert gpu[SCHEDULE_KEY] == {"configuration": "small_gpu", "num_epochs": 1000, "num_iterations_per_epoch": 250,
+                                 "num_val_iterations_per_epoch": 10, "dice_smoothing": True, "time_budget_s": 450.0}
+    assert small[SCHEDULE_KEY]["time_budget_s"] is None
 
 
 def test_configuration_gets_its_own_plans_and_data_identifier_and_only_3d_fullres() -> None:
@@ -174,5 +186,7 @@ def test_configurations_are_validated() -> None:
         SMALL.replace(patch_size=(96, 0, 48))
     with pytest.raises(ValueError, match="name"):
         SMALL.replace(name="small model")
+    with pytest.raises(ValueError, match="time_budget_minutes"):
+        SMALL.replace(time_budget_minutes=0)
     with pytest.raises(ValueError, match="no 3d_fullres"):
         apply_configuration({"configurations": {"2d": {}}, "transpose_forward": [0, 1, 2]}, SMALL)

@@ -66,6 +66,7 @@ def test_export_keeps_only_what_inference_needs(trained_workspace: NnUNetWorkspa
     assert info["input"]["orientation"] == "HPL"
     assert info["training"]["command"] == "python -m lesion_training train ..."
     assert info["validation"]["fold_dice"] == {"fold_0": 0.42}
+    assert info["training"]["epochs_trained"] == {"fold_0": 2}  # what ran, whatever the schedule planned
     assert info == exported.model_json
 
 

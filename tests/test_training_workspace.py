@@ -118,3 +118,41 @@ def test_without_dice_smoothing_a_class_absent_from_the_batch_earns_nothing(
     per_class_mean = float(dice(logits, target))
     # Lesion Dice 1; cyst (absent) ~1 with smoothing, 0 without: the loss is minus their mean.
     assert per_class_mean == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_time_budget_cuts_the_epochs_to_what_fits_and_stretches_the_learning_rate_decay(tmp_path: Path) -> None:
+    import torch
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+    trainer = _trainer(tmp_path, {SCHEDULE_KEY: {"num_epochs": 1000, "time_budget_s": 100.0}},
+                       {"background": 0, "lesion": 1})
+    assert trainer.time_budget_s == 100.0
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    trainer.lr_scheduler = PolyLRScheduler(optimizer, 0.01, trainer.num_epochs)
+
+    # Four epochs of 10 s used 40 s: 60 s left hold 6 more epochs at that pace.
+    trainer._epoch_durations = [10.0] * 4
+    trainer.fit_epochs_to_budget(4, 40.0)
+    assert trainer.num_epochs == 10
+    assert trainer.lr_scheduler.max_steps == 10
+    trainer.lr_scheduler.step(9)  # the last epoch trains at nearly zero learning rate, as in a full schedule
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.1 ** 0.9)
+
+    # Faster epochs raise the count again (slow first epochs must not fix it), up to the schedule's.
+    trainer._epoch_durations = [1.0] * 5
+    trainer.fit_epochs_to_budget(5, 50.0)
+    assert trainer.num_epochs == 55
+    trainer._epoch_durations = [0.001] * 5
+    trainer.fit_epochs_to_budget(6, 51.0)
+    assert trainer.num_epochs == 1000
+    # A budget already spent ends training after this epoch.
+    trainer.fit_epochs_to_budget(7, 130.0)
+    assert trainer.num_epochs == 7
+
+
+def test_without_a_time_budget_the_schedule_is_left_alone(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, {SCHEDULE_KEY: {"num_epochs": 30}}, {"background": 0, "lesion": 1})
+    assert trainer.time_budget_s is None
+    trainer._epoch_durations = [1e6]
+    trainer.fit_epochs_to_budget(1, 1e6)
+    assert trainer.num_epochs == 30
