@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train.add_argument("--epochs", type=int,
                        help="train this many epochs instead of the configuration's (recorded in the plans)")
+    train.add_argument("--time-budget-min", type=float,
+                       help="wall-clock minutes each fold's training loop may take (the epochs are fitted to it); "
+                            "default: the configuration's (small_gpu: 7.5, others: none)")
     train.add_argument("--no-dice-smoothing", dest="dice_smoothing", action="store_false",
                        help="soft Dice without nnU-Net's smoothing term (an absent class earns nothing; recorded "
                             "in the plans); for cohorts where training collapses to predicting no lesion")
@@ -233,6 +236,10 @@ def _train(args: argparse.Namespace) -> int:
     if not args.dice_smoothing:
         configuration = configuration.replace(
             dice_smoothing=False, description=f"{configuration.description}; Dice without smoothing")
+    if args.time_budget_min is not None:
+        configuration = configuration.replace(
+            time_budget_minutes=args.time_budget_min,
+            description=f"{configuration.description}; {args.time_budget_min:g}-minute budget")
     run = train(
         args.dataset, workspace=args.workspace, configuration=configuration, folds=args.folds,
         device=args.device, splits=args.splits, resume=args.resume, export=args.export, output=args.output,
@@ -362,6 +369,8 @@ def _recorded_command(args: argparse.Namespace) -> str:
         parts += ["--splits", args.splits.name]
     if args.epochs is not None:
         parts += ["--epochs", str(args.epochs)]
+    if args.time_budget_min is not None:
+        parts += ["--time-budget-min", f"{args.time_budget_min:g}"]
     if not args.dice_smoothing:
         parts.append("--no-dice-smoothing")
     return shlex.join(parts)

@@ -18,6 +18,7 @@ from lesion_training.cli import main
         (["--dataset", "501", "--folds", "all", "0"], "cannot be combined"),
         (["--dataset", "501", "--folds", "first"], "fold must be 0-4 or 'all'"),
         (["--dataset", "501", "--splits", "missing.json"], "splits file not found"),
+        (["--dataset", "501", "--config", "small_gpu", "--time-budget-min", "0"], "time_budget_minutes must be positive"),
     ],
 )
 def test_train_reports_bad_input_in_one_line(
