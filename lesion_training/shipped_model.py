@@ -62,7 +62,7 @@ EVALUATION_SEEDS = "2000-2009"
 #: Held-out studies on which the post-processing threshold is chosen (neither training nor evaluation).
 VALIDATION_SEEDS = "3000-3009"
 MODEL_NAME = "femur-lesion-synthetic-demo"
-MODEL_VERSION = "0.1.0"
+MODEL_VERSION = "0.2.0"
 DEFAULT_WORKSPACE = Path("build/shipped_model")
 DEFAULT_MODEL_FOLDER = Path("model/femur_lesion_nnunet")
 EVALUATION_FILE = "evaluation.json"
