@@ -2,11 +2,13 @@
 
 Steps (each logged with its duration; a step whose output exists is reused with ``--resume``):
 
-1. **cohort**: synthetic patients (seeds 1000-1039, used nowhere else) generated in memory and built
-   into ``Dataset601_SyntheticFemurLesion`` by :func:`lesion_training.synthetic_cohort.build_synthetic_dataset`
-   (femur crops from the application's splitter, lesions as 1, cysts as 2);
-2. **training**: nnU-Net ``3d_fullres`` with the ``small`` configuration (optionally fewer epochs,
-   ``--epochs``), nnU-Net fold ``all``: one model trained on every training case, no cross-validation.
+1. **cohort**: synthetic patients (``--training-seeds``, by default 1000-1039; the shipped model 0.2.0 used
+   1000-1119; used nowhere else) generated in memory and built into ``Dataset601_SyntheticFemurLesion`` by
+   :func:`lesion_training.synthetic_cohort.build_synthetic_dataset` (femur crops from the application's
+   splitter, lesions as 1, cysts as 2);
+2. **training**: nnU-Net ``3d_fullres`` with the ``small`` configuration on a CPU (optionally other epochs,
+   ``--epochs``) or, as for the shipped model, ``small_gpu`` on a GPU (``--config small_gpu --device cuda``,
+   ``--time-budget-min``), nnU-Net fold ``all``: one model trained on every training case, no cross-validation.
    nnU-Net's planning and preprocessing run as in :func:`lesion_training.train.train`; the fold is trained by
    nnU-Net's own trainer (:class:`lesion_training.trainers.nnUNetTrainerFemur`) in a fresh interpreter, but
    without nnU-Net's final "validation", which for fold ``all`` only predicts the training cases again
