@@ -81,6 +81,24 @@ def test_input_resampling_comes_from_the_argument_or_the_environment(monkeypatch
         _input_resampling_setting(None)
 
 
+def test_tile_step_comes_from_the_argument_or_the_environment_and_reaches_the_lesion_operator(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    from app.app import TILE_STEP_VARIABLE, _tile_step_setting
+
+    monkeypatch.delenv(TILE_STEP_VARIABLE, raising=False)
+    assert _tile_step_setting(None) == 0.5  # nnU-Net's default
+    assert _tile_step_setting(1.0) == 1.0
+    for bad, shown in (("0", "0"), ("1.5", "1.5"), ("fast", "'fast'")):
+        monkeypatch.setenv(TILE_STEP_VARIABLE, bad)
+        with pytest.raises(FemurSegError, match=f"{TILE_STEP_VARIABLE} must be a number in \\(0, 1\\], got {shown}$"):
+            _tile_step_setting(None)
+    monkeypatch.setenv(TILE_STEP_VARIABLE, " 0.75 ")
+    assert _tile_step_setting(None) == 0.75
+    lesions = next(op for op in _composed_app(tmp_path).graph.get_nodes() if op.name == "lesion_segmenter")
+    assert lesions.tile_step_size == 0.75
+
+
 def _composed_app(tmp_path: Path) -> FemurLesionSegApp:
     (tmp_path / "in").mkdir(exist_ok=True)
     if not (tmp_path / "models").exists():

@@ -47,6 +47,7 @@ class FemurLesionOperator(Operator):
         device: str = "auto",
         use_mirroring: bool = True,
         input_resampling: str = DEFAULT_INPUT_RESAMPLING,
+        tile_step_size: float = 0.5,
         **kwargs: Any,
     ) -> None:
         """Create the operator.
@@ -68,6 +69,9 @@ class FemurLesionOperator(Operator):
         input_resampling : str
             ``"plans"`` or ``"torch"``: how crops are resampled to the model's spacing
             (:meth:`operators.lesion_model.LesionModel.from_folder`).
+        tile_step_size : float
+            Step between nnU-Net's sliding-window patches, as a fraction of the patch, in (0, 1]
+            (nnU-Net's default 0.5: patches overlap by half; larger is faster).
         **kwargs
             Passed to :class:`monai.deploy.core.Operator` (e.g. ``name``).
 
@@ -81,6 +85,7 @@ class FemurLesionOperator(Operator):
         self.device = device
         self.use_mirroring = use_mirroring
         self.input_resampling = input_resampling
+        self.tile_step_size = tile_step_size
         self._model: LesionModel | None = None
         self._load_error: FemurSegError | None = None
         # The base class calls setup(), so the attributes above must exist first.
@@ -111,7 +116,8 @@ class FemurLesionOperator(Operator):
             start = time.perf_counter()
             self._model = LesionModel.from_folder(self.model_path, device=self.device,
                                                   use_mirroring=self.use_mirroring,
-                                                  input_resampling=self.input_resampling)
+                                                  input_resampling=self.input_resampling,
+                                                  tile_step_size=self.tile_step_size)
             info = self._model.model_info
             self._logger.info("lesion model %s %s loaded on %s in %.1f s", info.name, info.version,
                               self._model.device, time.perf_counter() - start)
