@@ -79,8 +79,6 @@ MIRRORING_VARIABLE = "FEMUR_LESION_MIRRORING"
 INPUT_RESAMPLING_VARIABLE = "FEMUR_LESION_INPUT_RESAMPLING"
 #: Step between sliding-window patches, a fraction of the patch in (0, 1]: 0.5 (default).
 TILE_STEP_VARIABLE = "FEMUR_LESION_TILE_STEP"
-#: nnU-Net's default tile step.
-DEFAULT_TILE_STEP = 0.5
 #: A learned femur model for the splitter (model folder or femur_model.json); unset: the classical splitter.
 FEMUR_MODEL_VARIABLE = "FEMUR_SPLITTER_MODEL"
 _TRUE = ("1", "true", "yes", "on")
@@ -262,6 +260,8 @@ def _input_resampling_setting(input_resampling: str | None) -> str:
 
 def _tile_step_setting(tile_step_size: float | None) -> float:
     """The sliding-window step: the argument, else ``FEMUR_LESION_TILE_STEP``, else 0.5; checked."""
+    from operators.lesion_model import DEFAULT_TILE_STEP
+
     if tile_step_size is not None:
         value: float = tile_step_size
     else:

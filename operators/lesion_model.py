@@ -47,6 +47,8 @@ _UNVERSIONED = "unversioned"
 
 #: How crops are resampled to the model's spacing unless asked otherwise (see operators.nnunet_predictor).
 DEFAULT_INPUT_RESAMPLING = "torch"
+#: nnU-Net's sliding-window step, a fraction of the patch: patches overlap by half.
+DEFAULT_TILE_STEP = 0.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ class LesionModel:
         folds: Sequence[int | str] | None = None,
         checkpoint: str = "checkpoint_final.pth",
         use_mirroring: bool = True,
-        tile_step_size: float = 0.5,
+        tile_step_size: float = DEFAULT_TILE_STEP,
         apply_postprocessing: bool = True,
         input_resampling: str = DEFAULT_INPUT_RESAMPLING,
         warm_up: bool | None = None,

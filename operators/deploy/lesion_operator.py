@@ -11,7 +11,7 @@ from monai.deploy.core import ExecutionContext, Fragment, InputContext, Operator
 
 from operators.errors import FemurSegError
 from operators.femur_splitter import FemurSplit
-from operators.lesion_model import DEFAULT_INPUT_RESAMPLING, LesionModel
+from operators.lesion_model import DEFAULT_INPUT_RESAMPLING, DEFAULT_TILE_STEP, LesionModel
 from operators.lesion_segmentation import StudySegmentation, resolve_model_path, segment_lesions
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class FemurLesionOperator(Operator):
         device: str = "auto",
         use_mirroring: bool = True,
         input_resampling: str = DEFAULT_INPUT_RESAMPLING,
-        tile_step_size: float = 0.5,
+        tile_step_size: float = DEFAULT_TILE_STEP,
         **kwargs: Any,
     ) -> None:
         """Create the operator.
