@@ -107,3 +107,8 @@ def test_block_mean_in_threads_equals_the_whole_array_mean(factors: tuple[int, i
     np.testing.assert_array_equal(block_mean(image, factors), expected)
     # An integer CT (stored values) gives the same as its float32 copy.
     np.testing.assert_array_equal(block_mean(image.astype(np.int16), factors), expected)
+    # Fractional HU (a resampled or filtered volume): the same means, up to float32 rounding of the sums.
+    fractional = image + rng.random(image.shape, dtype=np.float32)
+    expected = fractional[:nz * fz, :ny * fy, :nx * fx].reshape(nz, fz, ny, fy, nx, fx).mean(
+        axis=(1, 3, 5), dtype=np.float64)
+    np.testing.assert_allclose(block_mean(fractional, factors), expected, rtol=0, atol=1e-3)
