@@ -148,10 +148,11 @@ class ClassicalSegmenterConfig:
         without a shaft (:mod:`operators.femur_head_first`): a level pair of balls in their sockets, each
         with bone below and lateral of it, or one such head level with the head of the other thigh's run.
     fine_pass_threads:
-        Femurs refined at full resolution at once: 1, 2, or None for 2 where at least 2 CPUs are usable
-        and 1 otherwise. Two at once take a 512 x 512 x 600 study's split from about 12 to 10 s on 2
-        cores and hold a second femur box's temporaries (about 0.2 GB more at the peak; their watersheds,
-        the largest, run one at a time). Set 1 where memory is tighter than time.
+        Femurs worked on at once: refined at full resolution, and their heads fitted while the coarse
+        bone is sorted. 1, 2, or None for 2 where at least 2 CPUs are usable and 1 otherwise. Two at once
+        take a 512 x 512 x 600 study's split from about 12 to 10 s on 2 cores and hold a second femur box's
+        temporaries (about 0.2 GB more at the peak; their watersheds, the largest, run one at a time). Set
+        1 where memory is tighter than time. The masks are the same either way.
     shaft:
         Shape rules of a femoral-shaft cross-section.
     """

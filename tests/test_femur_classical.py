@@ -63,7 +63,8 @@ def test_the_femur_only_volume_holds_the_ct_inside_the_mask_and_zero_outside(spl
         np.testing.assert_allclose(crop.femur_only.affine[:3, :3], phantom.ct.affine[:3, :3])
 
 
-def test_femurs_refined_one_after_the_other_equal_those_refined_at_once(split_study):
+def test_femurs_worked_on_one_after_the_other_equal_those_worked_on_at_once(split_study):
+    # Both the head fits of the coarse pass and the fine passes run in threads with 2.
     phantom, split = split_study
     labels = {
         threads: split_femurs(
