@@ -109,10 +109,11 @@ class _JointFit:
     head_radius: float
     cup_radius: float
     depth: float  # HU below the lower shoulder
-    contrast: float  # HU: head rim over gap plus cup over gap, what the centre search maximises
+    contrast: float  # HU: the deepest valley's shoulders over its floor, what the centre search maximises
     rim: float  # HU just inside the head's surface
     gap: float  # HU in the gap
     cup: float  # HU just beyond the cup's surface
+    deepest_is_joint_like: bool  # the deepest valley itself passes as a joint (see _fit_joint)
 
 
 def _shoulder_mm(spacing: tuple[float, ...]) -> float:
@@ -131,13 +132,26 @@ def _fit_joint(
     neck: np.ndarray,
     radii: np.ndarray,
     radius_range_mm: tuple[float, float],
+    *,
+    min_gap_depth_hu: float,
+    min_rim_contrast_hu: float,
 ) -> _JointFit | None:
     """Head and cup radii and the gap's depth from the median radial profile opposite the neck.
 
     Looking away from the neck, within 60 degrees of the cup's axis, the median profile runs: head
-    (cancellous, then cortex), the dark joint gap, the cup's cortex. The gap is the deepest valley
-    between two bright shoulders; the head's surface is the steepest fall before it and the cup's
-    surface the steepest rise after it.
+    (cancellous, then cortex), the dark joint gap, the cup's cortex, and beyond it the acetabulum's
+    marrow and outer cortex. The gap is the innermost valley between two bright shoulders that would pass
+    as a joint, at least ``min_gap_depth_hu`` under its lower shoulder and ``min_rim_contrast_hu`` under
+    its inner one, or the deepest valley where none would. The innermost, not the deepest: on thick
+    slices a thin joint gap is shallow, while the acetabulum's marrow between its two cortices is a deeper
+    valley 6-9 mm further out, and taking that for the joint fits the head as large as the cup. The head's
+    surface is the steepest fall before the gap and the cup's surface the steepest rise after it.
+
+    The centre search ranks centres by the deepest valley, whichever it is (``deepest_is_joint_like``
+    first, then ``contrast``): joint and marrow are concentric, so either is sharpest at the head's
+    centre, while a thin gap blurs out of the median away from it, and the marrow's contrast there would
+    outbid the joint's found at the centre. Only where no centre's deepest valley passes does the
+    innermost valley that does decide.
     """
     cup_dirs = _DIRECTIONS[_DIRECTIONS @ (-neck) > np.cos(np.deg2rad(60.0))]
     profile = _radial_profile(image, spacing, centre, cup_dirs, radii)
@@ -154,7 +168,11 @@ def _fit_joint(
     sel = (radii >= radius_range_mm[0]) & (radii <= radius_range_mm[1] + 4.0)
     if not sel.any():
         return None
-    i_gap = np.flatnonzero(sel)[np.argmax(depth[sel])]
+    i_deepest = int(np.flatnonzero(sel)[np.argmax(depth[sel])])
+    valley = np.zeros(n, dtype=bool)
+    valley[1:-1] = (depth[1:-1] >= depth[:-2]) & (depth[1:-1] > depth[2:])  # local maxima of the depth
+    joint_like = sel & valley & (depth >= min_gap_depth_hu) & (left - profile >= min_rim_contrast_hu)
+    i_gap = int(np.flatnonzero(joint_like)[0]) if joint_like.any() else i_deepest
     r_gap = float(radii[i_gap])
     slope = np.gradient(profile, radii)
     before = (radii >= r_gap - 5.0) & (radii <= r_gap)
@@ -165,10 +183,11 @@ def _fit_joint(
         head_radius=r_head,
         cup_radius=r_cup,
         depth=float(depth[i_gap]),
-        contrast=float(left[i_gap] + right[i_gap] - 2.0 * profile[i_gap]),
+        contrast=float(left[i_deepest] + right[i_deepest] - 2.0 * profile[i_deepest]),
         rim=float(left[i_gap]),
         gap=float(profile[i_gap]),
         cup=float(right[i_gap]),
+        deepest_is_joint_like=bool(joint_like[i_deepest]),
     )
 
 
@@ -360,13 +379,14 @@ def fit_head_sphere(
     centre = np.asarray(centre_mm, dtype=np.float64)
     fit = None
 
-    def rank(f: _JointFit) -> tuple[bool, float]:
+    def rank(f: _JointFit) -> tuple[bool, bool, float]:
         # A fit that shows a joint (gap deep enough, under a bright enough rim, a head's radius) beats
         # one that does not, however sharp: near the true centre a dark ring inside the head (a cyst,
-        # marrow) can give a sharper but smaller "joint" that the checks below would then reject.
+        # marrow) can give a sharper but smaller "joint" that the checks below would then reject. Among
+        # those, centres whose deepest valley is itself joint-like come first (see _fit_joint).
         plausible = (f.depth >= min_gap_depth_hu and f.rim - f.gap >= min_rim_contrast_hu
                      and radius_range_mm[0] <= f.head_radius <= radius_range_mm[1])
-        return plausible, f.contrast
+        return f.deepest_is_joint_like and plausible, plausible, f.contrast
 
     for step, half in ((1.5, search_mm), (0.5, 0.5)):
         offsets = np.arange(-half, half + 1e-6, step)
@@ -375,7 +395,8 @@ def fit_head_sphere(
             for dy in offsets:
                 for dx in offsets:
                     c = centre + np.array([dz, dy, dx])
-                    trial = _fit_joint(sub, spacing, c - origin, neck, radii, radius_range_mm)
+                    trial = _fit_joint(sub, spacing, c - origin, neck, radii, radius_range_mm,
+                                       min_gap_depth_hu=min_gap_depth_hu, min_rim_contrast_hu=min_rim_contrast_hu)
                     if trial is not None and (best_fit is None or rank(trial) > rank(best_fit)):
                         best_c, best_fit = c, trial
         centre, fit = best_c, best_fit

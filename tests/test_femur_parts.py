@@ -196,6 +196,22 @@ def test_the_cup_of_a_thin_joint_is_its_inner_surface_not_the_acetabulums_outer_
     assert sphere.cup_radius_mm <= HEAD_RADIUS + 1.5 + 1.5
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_on_thick_slices_the_head_is_fitted_at_the_joint_not_at_the_acetabulums_marrow(seed: int) -> None:
+    # 3 mm slices, each the mean of three 1 mm ones: the 2.5 mm joint gap blurs into a valley shallower
+    # than the acetabulum's marrow between its two cortices. Taking the deepest valley for the joint put
+    # the head's surface at the cup's cortex (radius 26.8 mm, cup 35.8 mm): the femur's seeds then
+    # reached into the acetabulum.
+    image, _ = _hip(cortex_hu=1200.0, cancellous_hu=200.0, gap=2.5, outer_cortex=True, seed=seed)
+    thick = block_mean(image, (3, 1, 1))
+    centre = HEAD_CENTRE - np.array([1.0, 0.0, 0.0])  # a 3 mm slice's centre lies 1 mm above its first 1 mm slice
+    sphere = fit_head_sphere(thick, (3.0, 1.0, 1.0), centre + 1.0, np.array([-0.64, 0.0, -0.77]))
+    assert sphere is not None
+    assert np.linalg.norm(sphere.centre_mm - centre) < 2.0
+    assert sphere.head_radius_mm == pytest.approx(HEAD_RADIUS, abs=1.25)
+    assert sphere.cup_radius_mm <= HEAD_RADIUS + 2.5 + 1.5
+
+
 def test_a_ball_without_a_socket_is_not_a_hip():
     image, spacing = _hip(noise=0.0)
     z, y, x = np.meshgrid(*[np.arange(n) * 1.0 for n in image.shape], indexing="ij")
