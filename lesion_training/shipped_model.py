@@ -54,6 +54,7 @@ from lesion_training.configurations import (
     CONFIGURATIONS,
     TrainingConfiguration,
     get_configuration,
+    schedule_entry,
 )
 
 logger = logging.getLogger(__name__)
@@ -147,16 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configuration = get_configuration(args.config)
-    if args.epochs is not None:
-        configuration = configuration.replace(
-            num_epochs=args.epochs, description=f"{configuration.description}; {args.epochs} epochs instead")
-    if args.time_budget_min is not None:
-        if not args.time_budget_min > 0:
-            print(f"error: --time-budget-min must be positive minutes, got {args.time_budget_min}", file=sys.stderr)
-            return 2
-        configuration = configuration.replace(
-            time_budget_minutes=args.time_budget_min,
-            description=f"{configuration.description}; {args.time_budget_min:g}-minute budget instead")
+    try:  # the configuration checks its own values (one-line error for --epochs 0, --time-budget-min 0)
+        if args.epochs is not None:
+            configuration = configuration.replace(
+                num_epochs=args.epochs, description=f"{configuration.description}; {args.epochs} epochs instead")
+        if args.time_budget_min is not None:
+            configuration = configuration.replace(
+                time_budget_minutes=args.time_budget_min,
+                description=f"{configuration.description}; {args.time_budget_min:g}-minute budget instead")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.continue_epochs < 0:
         print(f"error: --continue-epochs must be 0 or more, got {args.continue_epochs}", file=sys.stderr)
         return 2
@@ -534,8 +536,7 @@ def render_model_card(info: dict[str, Any], evaluation: dict[str, Any] | None, t
     folder = settings.model_folder.as_posix()
     configured = CONFIGURATIONS.get(configuration_name or "")
     default_epochs = configured.num_epochs if configured is not None else None
-    default_budget = (None if configured is None or configured.time_budget_minutes is None
-                      else round(60.0 * configured.time_budget_minutes, 1))
+    default_budget = schedule_entry(configured)["time_budget_s"] if configured is not None else None
     on_gpu = str(training.get("device") or "").startswith("cuda")
     command = reproduce_command(command, first_schedule.get("num_epochs"), default_epochs,
                                 continue_epochs=schedule.get("num_epochs") if first_stage else None,
