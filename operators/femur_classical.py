@@ -26,15 +26,16 @@ Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`
 4. **Fine pass per femur at full resolution** inside the femur's box: the bone edge is placed at half
    the height of the local cortical peak above soft tissue (where a blurred edge really is, so the
    mask neither grows nor shrinks with cortical density), the coarse labels (eroded, so that they are
-   safely inside each bone) seed a second watershed that puts the joint boundary in the gap at full
-   resolution, and the result is closed and filled slice by slice and in 3D so that marrow, cancellous
-   bone, cysts and lytic lesions, also where they break the cortex, belong to the femur. Cross-sections
-   a lesion has broken open are rebuilt from the intact ones above and below, and a lesion that opens
-   into a concave stretch of the outline (deep for its mouth, walled by cancellous bone, not cortex;
-   up to the head's centre, where a destroyed greater trochanter leaves a wide bay, any depth from 0.2
-   of its mouth) has its cavity filled (:mod:`operators.femur_breach`); holes walled by the femur
-   together with a neighbouring bone (a stretch of the neck's cortex the watershed gave to the ischium)
-   go to the femur when most of their wall is the femur's.
+   safely inside each bone, except away from the other bone, where a thin cortex keeps its own seeds) seed
+   a second watershed that puts the joint boundary in the gap at full resolution, and the result is
+   closed and filled slice by slice and in 3D so that marrow, cancellous bone, cysts and lytic lesions,
+   also where they break the cortex, belong to the femur. Holes walled by the femur together with a
+   neighbouring bone (a stretch of the neck's cortex the watershed gave to the ischium) go to the femur
+   when most of their wall is the femur's. Cross-sections a lesion has broken open are rebuilt from the
+   intact ones above and below, and a lesion that opens into a concave stretch of the outline (deep for
+   its mouth, walled by cancellous bone, not cortex; up to the head's centre, where a destroyed greater
+   trochanter leaves a wide bay, any depth from 0.2 of its mouth) has its cavity filled
+   (:mod:`operators.femur_breach`).
 
 Metal (implants) is bone-bright: it belongs to the femur it sits in; its streaks are thin and are
 removed by a small opening near metal before the fine watershed.
@@ -124,6 +125,11 @@ class ClassicalSegmenterConfig:
     marker_erosion_mm:
         Coarse labels are eroded by about this much before they seed the fine watershed, which then
         decides the boundary within that distance of the coarse one at full resolution.
+    seed_clearance_mm:
+        Coarse-label voxels farther than this from the other label (femur from other bone, other bone
+        from the femur) seed the fine watershed without the erosion: there the coarse boundary is a
+        bone's outer surface, and a thin cortex seeded by its own bone cannot be flooded by a neighbour's.
+        Of the femur's, only the largest connected piece does (the rest is coarse label gone astray).
     joint_zone_mm:
         Within this distance of where the coarse femur label touches another bone (hip, knee), the
         fine watershed gets no seeds and decides alone (at full resolution, where joint gaps show).
@@ -170,6 +176,7 @@ class ClassicalSegmenterConfig:
     landscape_cap_hu: float = 450.0
     coarse_landscape_cap_hu: float = 180.0
     marker_erosion_mm: float = 3.0
+    seed_clearance_mm: float = 6.0
     joint_zone_mm: float = 12.0
     far_geodesic_mm: float = 180.0
     midline_band_mm: float = 15.0
@@ -187,7 +194,7 @@ class ClassicalSegmenterConfig:
     def __post_init__(self) -> None:
         positive = (
             "coarse_spacing_mm", "edge_window_mm", "valley_sigma_mm", "marker_erosion_mm",
-            "far_geodesic_mm", "min_femur_volume_ml",
+            "seed_clearance_mm", "far_geodesic_mm", "min_femur_volume_ml",
         )
         for name in positive:
             if not float(getattr(self, name)) > 0:
@@ -1213,8 +1220,18 @@ def _refine(
         zone = ndi.distance_transform_edt(~contact, sampling=coarse.spacing) <= cfg.joint_zone_mm
     else:
         zone = np.zeros_like(contact)
-    own_c = ndi.binary_erosion(own_c, structure=_SIX, iterations=steps, border_value=1) & ~zone
-    other_c = ndi.binary_erosion(other_c, structure=_SIX, iterations=steps, border_value=1) & ~zone
+    # Eroded, a seed may miss a thin cortex (the ischium's, the femoral neck's): on the relief's flat
+    # floor (see _landscape_base) the first label to reach that cortex from anywhere floods all of it,
+    # and a femur seeded in its thick shaft cortex can reach the ischium's across one bright bridge
+    # before the ischium's own seed gets out of its cancellous bone. Away from the other label the coarse
+    # boundary is a bone's outer surface, not a contested one: there the labels seed as they are. Of the
+    # femur's such voxels only the piece that holds most of them: a piece apart from it is the coarse
+    # femur label astray in a neighbouring bone (a stretch of the ischium's ramus), which the fine pass
+    # must stay free to give back.
+    own_far = _largest_part(own_c & _farther_than(other_c, coarse.spacing, cfg.seed_clearance_mm))
+    other_far = other_c & _farther_than(own_c, coarse.spacing, cfg.seed_clearance_mm)
+    own_c = (ndi.binary_erosion(own_c, structure=_SIX, iterations=steps, border_value=1) | own_far) & ~zone
+    other_c = (ndi.binary_erosion(other_c, structure=_SIX, iterations=steps, border_value=1) | other_far) & ~zone
     seeds_c = np.where(own_c, 1, np.where(other_c, 2, 0)).astype(np.int32)
     seeds = seeds_c[np.ix_(zi - cz.start, yi - cy.start, xi - cx.start)]
     head = coarse.heads.get(fid)
@@ -1237,6 +1254,10 @@ def _refine(
         femur |= ball & ~other
 
     femur = _close_and_fill(femur, other, spacing, cfg.closing_radius_mm)
+    # Before the breach repair too: a neck whose cortex ring the pelvis broke open is no breach to rebuild
+    # (the rebuild from the slice below would carry that slice's separate tip of the greater trochanter
+    # across the trochanteric fossa).
+    femur = _fill_holes_walled_with(femur, other)
     # Cross-sections where a lesion broke through the cortex: rebuild the outline along the shaft
     # and the trochanteric region from the intact cross-sections above and below.
     first, last = coarse.shafts[fid]
@@ -1282,6 +1303,23 @@ def _refine(
         return None
     box = tuple(slice(fb.start + t.start, fb.start + t.stop) for fb, t in zip(fine_box, tight))
     return box, femur[tight]  # type: ignore[return-value]
+
+
+def _largest_part(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected piece of ``mask`` (empty if it is)."""
+    pieces, n = ndi.label(mask, structure=_SIX)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    return pieces == int(np.argmax(sizes))
+
+
+def _farther_than(mask: np.ndarray, spacing: tuple[float, ...], distance_mm: float) -> np.ndarray:
+    """Voxels farther than ``distance_mm`` from every voxel of ``mask`` (all of them if it is empty)."""
+    if not mask.any():
+        return np.ones(mask.shape, dtype=bool)
+    return ndi.distance_transform_edt(~mask, sampling=spacing) > distance_mm
 
 
 def _shaft_start_at_cut(femur: np.ndarray, shaft_range: tuple[int, int], max_flare: float = 1.3) -> int:
