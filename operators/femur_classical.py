@@ -47,10 +47,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
@@ -84,6 +86,8 @@ RIGHT_LABEL = 2
 _OTHER = 3
 
 _SIX = ndi.generate_binary_structure(3, 1)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -667,7 +671,14 @@ def _segment_canonical(
         return {}
 
     midline_est = _midline_estimate(tracks, midline_mm, view, factors, cspacing)
-    coarse_res = _coarse_labels(image, coarse, bone, tracks, cspacing, factors, midline_est, cfg)
+    # The femoral heads need only the images and the runs, not the seeds the coarse labelling sorts: with
+    # threads to spare they are fitted meanwhile, one thread per femur (the fits read the CT and write
+    # nothing shared, and their filters and arithmetic release the interpreter lock).
+    full_spacing, shift = _full_grid(cspacing, factors)
+    head_fits = [partial(_find_head, coarse, image, track, cspacing, full_spacing, shift, midline_est)
+                 for track in tracks]
+    with _meanwhile(head_fits, _femur_workers(cfg, len(tracks)), "femur-head") as head_of:
+        coarse_res = _coarse_labels(coarse, bone, tracks, cspacing, factors, midline_est, cfg, head_of)
     sides = _decide_sides(coarse_res, tracks, view, midline_mm, cspacing, result)
     found: dict[str, tuple[Box, np.ndarray]] = {}
     t1 = time.perf_counter()
@@ -765,6 +776,25 @@ def _femur_workers(cfg: ClassicalSegmenterConfig, n_femurs: int) -> int:
     return max(1, min(n_femurs, threads, cpus))
 
 
+@contextmanager
+def _meanwhile(
+    calls: list[Callable[[], _T]], workers: int, thread_name_prefix: str
+) -> Iterator[list[Callable[[], _T]]]:
+    """Getters of the results of ``calls``: with more than one worker the calls start in threads now and
+    each getter waits for its own; otherwise each getter makes its call when asked. Calls not started
+    when the block ends are cancelled; the block waits for those running."""
+    if workers <= 1:
+        yield calls
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix) as pool:
+        pending = [pool.submit(call) for call in calls]
+        try:
+            yield [future.result for future in pending]
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def _refine_all(
     image: np.ndarray, view: CanonicalView, coarse: _Coarse, sides: dict[str, int], cfg: ClassicalSegmenterConfig
 ) -> dict[str, tuple[Box, np.ndarray] | None]:
@@ -774,12 +804,9 @@ def _refine_all(
     steps (Gaussian filters, labelling, distance transforms, watershed) release the GIL; the result is the
     same as one after the other.
     """
-    workers = _femur_workers(cfg, len(sides))
-    if workers <= 1:
-        return {side: _refine(image, view, coarse, fid, cfg) for side, fid in sides.items()}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="femur-fine-pass") as pool:
-        futures = {side: pool.submit(_refine, image, view, coarse, fid, cfg) for side, fid in sides.items()}
-        return {side: future.result() for side, future in futures.items()}
+    passes = [partial(_refine, image, view, coarse, fid, cfg) for fid in sides.values()]
+    with _meanwhile(passes, _femur_workers(cfg, len(sides)), "femur-fine-pass") as results:
+        return {side: result() for side, result in zip(sides, results)}
 
 
 def _midline_estimate(
@@ -809,36 +836,6 @@ def _midline_estimate(
 
 
 def _coarse_labels(
-    image: np.ndarray,
-    coarse: np.ndarray,
-    bone: np.ndarray,
-    tracks: list[ShaftTrack],
-    cspacing: tuple[float, float, float],
-    factors: tuple[int, int, int],
-    midline_mm: float,
-    cfg: ClassicalSegmenterConfig,
-) -> _Coarse:
-    """Watershed of the coarse bone into femurs (1, 2, ...) and other bone (``_OTHER``)."""
-    # The femoral heads need only the images and the runs, not the seeds sorted below: with threads to
-    # spare they are fitted meanwhile, one thread per femur (the fits read the CT and write nothing
-    # shared, and their filters and arithmetic release the interpreter lock).
-    full_spacing, shift = _full_grid(cspacing, factors)
-    head_fits = [partial(_find_head, coarse, image, track, cspacing, full_spacing, shift, midline_mm)
-                 for track in tracks]
-    workers = _femur_workers(cfg, len(tracks))
-    if workers <= 1:
-        return _coarse_labels_given_heads(coarse, bone, tracks, cspacing, factors, midline_mm, cfg, head_fits)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="femur-head") as pool:
-        pending = [pool.submit(fit) for fit in head_fits]
-        try:
-            return _coarse_labels_given_heads(coarse, bone, tracks, cspacing, factors, midline_mm, cfg,
-                                              [future.result for future in pending])
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-def _coarse_labels_given_heads(
     coarse: np.ndarray,
     bone: np.ndarray,
     tracks: list[ShaftTrack],
@@ -848,7 +845,8 @@ def _coarse_labels_given_heads(
     cfg: ClassicalSegmenterConfig,
     head_of: list[Callable[[], HeadSphere | None]],
 ) -> _Coarse:
-    """:func:`_coarse_labels` with each track's femoral head (or None) given by calling ``head_of[i]``."""
+    """Watershed of the coarse bone into femurs (1, 2, ...) and other bone (``_OTHER``); each track's
+    femoral head (or None) is given by calling ``head_of[i]`` (see :func:`_meanwhile`)."""
     from operators.femur_shafts import _IN_PLANE_8
 
     markers = np.zeros(coarse.shape, dtype=np.int32)

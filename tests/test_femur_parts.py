@@ -249,7 +249,8 @@ def test_the_condyles_stay_with_the_femur_when_the_knee_joint_is_bridged():
         slices=run, labels=[int(in_plane[k, 30, 30]) for k in run],
         centres_mm=[np.array([60.0, 60.0])] * len(run), areas_mm2=[600.0] * len(run),
     )
-    labels = _coarse_labels(image, image, bone, [track], spacing, (1, 1, 1), 0.0, ClassicalSegmenterConfig()).labels
+    no_head = [lambda: None]  # a knee: no femoral head in this scene
+    labels = _coarse_labels(image, bone, [track], spacing, (1, 1, 1), 0.0, ClassicalSegmenterConfig(), no_head).labels
     condyles = bone & femur & (z < 110.0)
     assert np.mean(labels[condyles] == 1) > 0.95  # the rest: the rim of their lowest slice, at the joint
     assert np.mean(labels[bone & tibia] == _OTHER) > 0.99
