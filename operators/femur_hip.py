@@ -14,6 +14,9 @@ convex (trochanters, shaft) or only concave do not. The best such centre above t
 profile shows a bright rim and a dark gap is the head. Refinement (full resolution): the median radial intensity profile from
 the centre, away from the neck, gives the head radius (steepest fall), the gap and the inner surface
 of the cup (steepest rise after the gap); the centre is nudged within +-2 mm to sharpen that fall.
+Where coarse voxels blur a thin gap away, the valley found can be the acetabulum's marrow instead, and
+the "head" reaches through the cup's cortex: a head surface much farther out than the profile's rise
+from the head's cancellous interior to its rim gives that away, and the rim then places the surface.
 
 Positions here are in mm along the canonical (S, P, L) axes of the splitter, measured from the
 centre of the full-resolution voxel of index 0: ``position_mm = full_index * spacing``.
@@ -104,6 +107,11 @@ def _radial_profile(
     return np.median(vals, axis=0)
 
 
+def _towards_cup(neck: np.ndarray) -> np.ndarray:
+    """The directions of :data:`_DIRECTIONS` within 60 degrees of the cup's axis (opposite the neck)."""
+    return _DIRECTIONS[_DIRECTIONS @ (-neck) > np.cos(np.deg2rad(60.0))]
+
+
 @dataclass(frozen=True)
 class _JointFit:
     head_radius: float
@@ -153,8 +161,7 @@ def _fit_joint(
     outbid the joint's found at the centre. Only where no centre's deepest valley passes does the
     innermost valley that does decide.
     """
-    cup_dirs = _DIRECTIONS[_DIRECTIONS @ (-neck) > np.cos(np.deg2rad(60.0))]
-    profile = _radial_profile(image, spacing, centre, cup_dirs, radii)
+    profile = _radial_profile(image, spacing, centre, _towards_cup(neck), radii)
     step = float(radii[1] - radii[0])
     w = max(1, int(round(_shoulder_mm(spacing) / step)))
     n = profile.size
@@ -338,6 +345,9 @@ def fit_head_sphere(
     min_gap_depth_hu: float = 60.0,
     min_rim_contrast_hu: float = 250.0,
     min_coverage: float = 0.25,
+    rim_to_surface_mm: float = 2.2,
+    max_rim_to_surface_mm: float = 4.0,
+    min_joint_gap_mm: float = 1.5,
 ) -> HeadSphere | None:
     """Fit head and cup around a candidate centre at full resolution; None if it is no hip joint.
 
@@ -362,6 +372,13 @@ def fit_head_sphere(
         far below the head's rim.
     min_coverage:
         Least fraction of the sphere's directions in which the cup must be seen across the gap.
+    rim_to_surface_mm, max_rim_to_surface_mm, min_joint_gap_mm:
+        The head's surface lies about ``rim_to_surface_mm`` beyond the radius at which the profile rises
+        half-way from the head's cancellous interior to its rim (the subchondral cortex, blurred by the
+        voxels; 1.6-2.8 mm on 0.8-1.9 mm voxels). A fitted surface more than ``max_rim_to_surface_mm``
+        beyond that rise went through the joint into the cup (a gap too faint on thick slices, and the
+        acetabulum's marrow taken for it): the head's radius is then taken from the rise, and the cup's
+        inner surface ``min_joint_gap_mm`` beyond it, so that the pelvis is seeded in its own cortex.
     """
     spacing_a = np.asarray(spacing, dtype=np.float64)
     reach = radius_range_mm[1] + 14.0 + search_mm
@@ -425,7 +442,43 @@ def fit_head_sphere(
         "femoral head: centre %s mm, radius %.1f mm, cup %.1f mm, gap depth %.0f HU, cup covers %.0f%%",
         np.round(centre, 1), fit.head_radius, fit.cup_radius, fit.depth, 100.0 * coverage,
     )
-    return HeadSphere(centre, fit.head_radius, fit.cup_radius, neck, covered)
+    head_radius, cup_radius = fit.head_radius, fit.cup_radius
+    rim = _rim_radius(sub, spacing, centre - origin, neck, fit.head_radius)
+    if rim is not None and fit.head_radius - rim > max_rim_to_surface_mm:
+        # On thick slices the gap can blur shallower than the acetabulum's marrow, which the profile then
+        # took for the joint: the head fitted as far out as the cup's cortex (seeds in the pelvis).
+        head_radius = rim + rim_to_surface_mm
+        cup_radius = head_radius + min_joint_gap_mm
+        logger.debug(
+            "head surface at %.1f mm lies %.1f mm beyond the rise to the rim at %.1f mm: head %.1f mm, cup %.1f mm",
+            fit.head_radius, fit.head_radius - rim, rim, head_radius, cup_radius,
+        )
+    return HeadSphere(centre, head_radius, cup_radius, neck, covered)
+
+
+def _rim_radius(
+    image: np.ndarray, spacing: tuple[float, ...], centre: np.ndarray, neck: np.ndarray, head_radius: float
+) -> float | None:
+    """Radius (mm) at which the median radial profile opposite the neck rises half-way from the head's
+    cancellous interior (its median more than 8 mm inside ``head_radius``) to the rim (the brightest
+    point within 6 mm inside ``head_radius``); None when it does not fall to half-way inside the rim.
+
+    ``centre`` is in mm on ``image``'s (S, P, L) grid, as for :func:`_radial_profile`.
+    """
+    radii = np.arange(4.0, head_radius + 1e-6, 0.25)
+    if radii.size < 2:
+        return None
+    profile = _radial_profile(image, spacing, centre, _towards_cup(neck), radii)
+    inner = radii <= head_radius - 8.0
+    interior = float(np.median(profile[inner])) if inner.any() else float(profile[0])
+    near = np.flatnonzero(radii >= head_radius - 6.0)
+    i = int(near[np.argmax(profile[near])])
+    half = 0.5 * (interior + float(profile[i]))
+    while i > 0 and profile[i] > half:
+        i -= 1
+    if profile[i] > half:
+        return None
+    return float(radii[i] + (half - profile[i]) / (profile[i + 1] - profile[i]) * (radii[i + 1] - radii[i]))
 
 
 def _cup_coverage(

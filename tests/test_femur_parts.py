@@ -212,6 +212,23 @@ def test_on_thick_slices_the_head_is_fitted_at_the_joint_not_at_the_acetabulums_
     assert sphere.cup_radius_mm <= HEAD_RADIUS + 2.5 + 1.5
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_a_head_fitted_out_to_the_cups_cortex_is_brought_back_to_its_rim(seed: int) -> None:
+    # 3 mm slices of 2 mm pixels over a 1.5 mm joint gap: the gap blurs into the head's and the cup's
+    # cortices, and the deepest valley left is the acetabulum's marrow. Fitted there, the head's surface
+    # lay at the cup's cortex (25.3 mm against 22 mm, the cup at 33 mm beyond the acetabulum's marrow):
+    # the femur's seeds reached into the pelvis and the pelvis' started beyond its outer wall. The rise
+    # from the head's cancellous interior to its rim, 3 mm further in, tells the head's surface instead.
+    image, _ = _hip(cortex_hu=1000.0, cancellous_hu=300.0, gap=1.5, outer_cortex=True, seed=seed)
+    thick = block_mean(image, (3, 2, 2))
+    centre = HEAD_CENTRE - np.array([1.0, 0.5, 0.5])  # the coarse voxels' centres lie that far past their first
+    sphere = fit_head_sphere(thick, (3.0, 2.0, 2.0), centre + 1.0, np.array([-0.64, 0.0, -0.77]))
+    assert sphere is not None
+    assert np.linalg.norm(sphere.centre_mm - centre) < 2.0
+    assert sphere.head_radius_mm == pytest.approx(HEAD_RADIUS, abs=1.25)
+    assert sphere.head_radius_mm < sphere.cup_radius_mm <= HEAD_RADIUS + 1.5 + 1.5
+
+
 def test_a_ball_without_a_socket_is_not_a_hip():
     image, spacing = _hip(noise=0.0)
     z, y, x = np.meshgrid(*[np.arange(n) * 1.0 for n in image.shape], indexing="ij")
