@@ -218,10 +218,13 @@ def test_a_head_fitted_out_to_the_cups_cortex_is_brought_back_to_its_rim(seed: i
     # cortices, and the deepest valley left is the acetabulum's marrow. Fitted there, the head's surface
     # lay at the cup's cortex (25.3 mm against 22 mm, the cup at 33 mm beyond the acetabulum's marrow):
     # the femur's seeds reached into the pelvis and the pelvis' started beyond its outer wall. The rise
-    # from the head's cancellous interior to its rim, 3 mm further in, tells the head's surface instead.
+    # from the head's cancellous interior to its rim, about 2 mm inside the head's surface, tells where
+    # that surface is.
     image, _ = _hip(cortex_hu=1000.0, cancellous_hu=300.0, gap=1.5, outer_cortex=True, seed=seed)
     thick = block_mean(image, (3, 2, 2))
-    centre = HEAD_CENTRE - np.array([1.0, 0.5, 0.5])  # the coarse voxels' centres lie that far past their first
+    # Coarse positions count from the first coarse voxel's centre, 1 mm (z) and 0.5 mm (y, x) past the first
+    # full voxel's.
+    centre = HEAD_CENTRE - np.array([1.0, 0.5, 0.5])
     sphere = fit_head_sphere(thick, (3.0, 2.0, 2.0), centre + 1.0, np.array([-0.64, 0.0, -0.77]))
     assert sphere is not None
     assert np.linalg.norm(sphere.centre_mm - centre) < 2.0
