@@ -10,6 +10,7 @@ listens on every interface, and accepts associations from any AE title only when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,9 +46,21 @@ def orthanc_binary() -> str | None:
 
 def free_port() -> int:
     """A TCP port that was free on loopback a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that were free on loopback a moment ago.
+
+    All are held open until each is known: a port asked for after the previous one was released can be
+    the same one again (the kernel hands recently freed ports out anew), and a server given it for two
+    listeners fails to start.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 @dataclass
@@ -120,8 +133,9 @@ class LocalOrthanc:
             raise OrthancUnavailableError(f"the DICOMweb plugin {DICOMWEB_PLUGIN} is not installed "
                                           "(Debian package orthanc-dicomweb)")
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.http_port = self.http_port or free_port()
-        self.dicom_port = self.dicom_port or free_port()
+        http_port, dicom_port = free_ports(2)
+        self.http_port = self.http_port or http_port
+        self.dicom_port = self.dicom_port or (dicom_port if dicom_port != self.http_port else free_port())
         config_path = write_text_atomic(self.folder / "config.json", json.dumps(self.config(), indent=2))
         log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - handed to the child process
         try:

@@ -16,7 +16,7 @@ import requests
 
 from gateway.config import ReceiveSettings
 from gateway.jobs import JobQueue
-from gateway.orthanc_server import LocalOrthanc, free_port
+from gateway.orthanc_server import LocalOrthanc, free_port, free_ports
 from gateway.rules import SeriesRules
 from gateway.scp import Receiver
 from gateway.watcher import Watcher
@@ -34,6 +34,14 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> WrittenStudy:
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[LocalOrthanc]:
     yield from start_orthanc(tmp_path / "orthanc")
+
+
+def test_ports_asked_for_together_are_distinct() -> None:
+    # Two ports asked for one after the other can be the same (the first was released before the second
+    # was bound); Orthanc given one port for HTTP and DICOM fails to start.
+    ports = free_ports(8)
+    assert len(set(ports)) == 8
+    assert all(1024 <= p <= 65535 for p in ports)
 
 
 def test_orthanc_runs_with_authentication_and_dicomweb(pacs: LocalOrthanc) -> None:
