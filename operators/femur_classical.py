@@ -20,7 +20,9 @@ Method (all in the canonical (S, P, L) view, see :mod:`operators.femur_geometry`
    them is darkest: in the cartilage gap. A dark-valley term (positive Laplacian of the smoothed CT)
    raises the cost of crossing thin gaps that partial volume has partly bridged. The femoral head is
    found as a sphere in its cup (:mod:`operators.femur_hip`) and seeds femur inside the head and
-   pelvis beyond the cup. Below the shaft run, the bone still joined to it after the erosion (the
+   pelvis beyond the cup. Where one hip shows its joint and the other none (a narrow, arthritic joint on
+   thick slices), the other head is looked for where the first one, mirrored across the midline, says,
+   and sized from the rise to its rim. Below the shaft run, the bone still joined to it after the erosion (the
    metaphysis and condyles) goes back to the femur after the watershed, where the tibia's label took
    it across a bridged knee joint.
 4. **Fine pass per femur at full resolution** inside the femur's box: the bone edge is placed at half
@@ -62,7 +64,14 @@ from operators.binary_morphology import closing_in_plane, fill_holes
 from operators.femur_breach import TROCHANTER_CAVITY_MIN_DEPTH_TO_MOUTH, fill_lesion_cavities, repair_cortical_breaches
 from operators.femur_geometry import Box, CanonicalView, box_from_mask, enlarge_box
 from operators.femur_head_first import find_head_first_femurs
-from operators.femur_hip import HeadSphere, fit_head_sphere, head_candidates, sphere_markers
+from operators.femur_hip import (
+    HeadSphere,
+    fit_head_sphere,
+    head_candidates,
+    head_from_its_rim,
+    socket_centres,
+    sphere_markers,
+)
 from operators.femur_shafts import ShaftCriteria, ShaftTrack, choose_femur_tracks, find_shaft_tracks
 from operators.geodesic_distance import geodesic_distance
 
@@ -678,7 +687,10 @@ def _segment_canonical(
     head_fits = [partial(_find_head, coarse, image, track, cspacing, full_spacing, shift, midline_est)
                  for track in tracks]
     with _meanwhile(head_fits, _femur_workers(cfg, len(tracks)), "femur-head") as head_of:
-        coarse_res = _coarse_labels(coarse, bone, tracks, cspacing, factors, midline_est, cfg, head_of)
+        coarse_res = _coarse_labels(
+            coarse, bone, tracks, cspacing, factors, midline_est, cfg, head_of,
+            partial(_mirrored_head, coarse, image, cspacing, full_spacing, shift, midline_est),
+        )
     sides = _decide_sides(coarse_res, tracks, view, midline_mm, cspacing, result)
     found: dict[str, tuple[Box, np.ndarray]] = {}
     t1 = time.perf_counter()
@@ -844,9 +856,12 @@ def _coarse_labels(
     midline_mm: float,
     cfg: ClassicalSegmenterConfig,
     head_of: list[Callable[[], HeadSphere | None]],
+    mirrored: Callable[[HeadSphere], HeadSphere | None] | None = None,
 ) -> _Coarse:
     """Watershed of the coarse bone into femurs (1, 2, ...) and other bone (``_OTHER``); each track's
-    femoral head (or None) is given by calling ``head_of[i]`` (see :func:`_meanwhile`)."""
+    femoral head (or None) is given by calling ``head_of[i]`` (see :func:`_meanwhile`). Where one of
+    two femurs has a head and the other none, ``mirrored`` (see :func:`_mirrored_head`) may give the
+    other from the first."""
     from operators.femur_shafts import _IN_PLANE_8
 
     markers = np.zeros(coarse.shape, dtype=np.int32)
@@ -899,8 +914,13 @@ def _coarse_labels(
     # Femoral heads: seed the femur inside each head and the pelvis beyond its cup.
     heads: dict[int, HeadSphere] = {}
     _, shift = _full_grid(cspacing, factors)
-    for fid, head in enumerate(head_of, start=1):
-        sphere = head()
+    spheres = [head() for head in head_of]
+    if mirrored is not None and len(spheres) == 2 and sum(s is None for s in spheres) == 1:
+        # One hip shows its joint, the other none (a narrow joint on thick slices): without a head there,
+        # nothing keeps the acetabulum from the femur.
+        missing = spheres.index(None)
+        spheres[missing] = mirrored(spheres[1 - missing])
+    for fid, sphere in enumerate(spheres, start=1):
         if sphere is None:
             continue
         heads[fid] = sphere
@@ -1023,6 +1043,58 @@ def _find_head(
             if sphere is not None:
                 return sphere
     return None
+
+
+#: How far (mm; superior, posterior, left) the head of a hip may lie from the other hip's head mirrored
+#: across the midline: the pelvis tilts sideways by a few degrees (one hip up to ~15 mm higher), and the
+#: midline between the femoral shafts is a few mm off the pelvis' own.
+_MIRRORED_HEAD_TOLERANCE_MM = np.array([15.0, 10.0, 10.0])
+
+
+def _mirrored_head(
+    coarse: np.ndarray,
+    image: np.ndarray,
+    cspacing: tuple[float, float, float],
+    full_spacing: tuple[float, float, float],
+    shift: np.ndarray,
+    midline_mm: float,
+    known: HeadSphere,
+) -> HeadSphere | None:
+    """The femoral head of a hip whose joint shows no gap, found from the other hip's head ``known``.
+
+    ``known`` mirrored across the midline (``midline_mm``, coarse mm along the canonical left axis) tells
+    where to look; the strongest ball in a socket (:func:`socket_centres`, coarse grid) within
+    :data:`_MIRRORED_HEAD_TOLERANCE_MM` of that place is the centre, and the rise to the head's rim around
+    it the radius (:func:`head_from_its_rim`). The neck's axis and the cup's coverage are ``known``'s,
+    mirrored. Positions as ``known``'s: full-resolution canonical mm.
+    """
+    mirror = np.array(known.centre_mm, dtype=np.float64)
+    mirror[2] = 2.0 * (midline_mm + shift[2]) - mirror[2]
+    # Balls in sockets whose centres may lie within the tolerance: edges up to the largest radius away vote.
+    reach = _MIRRORED_HEAD_TOLERANCE_MM + 40.0
+    centre = None
+    for min_gradient in _HEAD_EDGE_GRADIENTS_HU_PER_MM:
+        for candidate in socket_centres(coarse, cspacing, mirror - shift - reach, mirror - shift + reach,
+                                        min_gradient_hu_per_mm=min_gradient):
+            if np.all(np.abs(candidate + shift - mirror) <= _MIRRORED_HEAD_TOLERANCE_MM):
+                centre = candidate + shift
+                break
+        if centre is not None:
+            break
+    if centre is None:
+        logger.debug("no ball in a socket near the other head mirrored, %s mm", np.round(mirror, 1))
+        return None
+    neck = np.array(known.neck_direction, dtype=np.float64)
+    neck[2] = -neck[2]
+    # Mirroring the left axis turns azimuth atan2(left, posterior) into its negative: bin j into N - 1 - j.
+    covered = known.covered[:, ::-1]
+    sphere = head_from_its_rim(image, full_spacing, centre, neck, covered, known.head_radius_mm)
+    if sphere is not None:
+        logger.debug(
+            "femoral head without a joint gap placed from the other hip's: centre %s mm (mirror %s mm), radius %.1f mm",
+            np.round(centre, 1), np.round(mirror, 1), sphere.head_radius_mm,
+        )
+    return sphere
 
 
 def _apply_sphere(

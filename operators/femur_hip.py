@@ -33,6 +33,12 @@ from scipy import ndimage as ndi
 logger = logging.getLogger(__name__)
 
 
+#: Where the head's surface lies beyond the half-way rise of the radial profile from the head's cancellous
+#: interior to its rim (mm), and the narrowest joint gap assumed between head and cup (mm); see
+#: :func:`fit_head_sphere`.
+RIM_TO_SURFACE_MM = 2.2
+MIN_JOINT_GAP_MM = 1.5
+
 #: Angular grid on which the cup's coverage of the head is recorded: polar angle from the canonical
 #: superior axis (0..180 degrees) by azimuth in the posterior-left plane (-180..180 degrees).
 _N_POLAR, _N_AZIMUTH = 36, 72
@@ -345,9 +351,9 @@ def fit_head_sphere(
     min_gap_depth_hu: float = 60.0,
     min_rim_contrast_hu: float = 250.0,
     min_coverage: float = 0.25,
-    rim_to_surface_mm: float = 2.2,
+    rim_to_surface_mm: float = RIM_TO_SURFACE_MM,
     max_rim_to_surface_mm: float = 4.0,
-    min_joint_gap_mm: float = 1.5,
+    min_joint_gap_mm: float = MIN_JOINT_GAP_MM,
 ) -> HeadSphere | None:
     """Fit head and cup around a candidate centre at full resolution; None if it is no hip joint.
 
@@ -454,6 +460,65 @@ def fit_head_sphere(
             fit.head_radius, fit.head_radius - rim, rim, head_radius, cup_radius,
         )
     return HeadSphere(centre, head_radius, cup_radius, neck, covered)
+
+
+def head_from_its_rim(
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    centre_mm: np.ndarray,
+    neck_direction: np.ndarray,
+    covered: np.ndarray,
+    radius_guess_mm: float,
+    *,
+    max_radius_difference_mm: float = 5.0,
+    rim_to_surface_mm: float = RIM_TO_SURFACE_MM,
+    min_joint_gap_mm: float = MIN_JOINT_GAP_MM,
+) -> HeadSphere | None:
+    """A head whose joint shows no gap, sized from the rise to its rim around a given centre.
+
+    Where head and cup touch across a joint narrower than the voxels (an arthritic hip on thick slices),
+    the radial profile has no gap to fit; the rim, the head's subchondral cortex, still rises from its
+    cancellous interior. The head's surface is taken ``rim_to_surface_mm`` beyond that rise (as in
+    :func:`fit_head_sphere`), the cup ``min_joint_gap_mm`` further out.
+
+    Parameters
+    ----------
+    image:
+        Full-resolution canonical CT view (HU); only a box around the centre is read.
+    spacing:
+        Its voxel size (mm).
+    centre_mm:
+        (3,) the head's centre (canonical mm of this grid), found by other means (the head of the other
+        hip mirrored, then the strongest ball in a socket near it).
+    neck_direction, covered:
+        The neck's axis and the directions the cup covers (see :class:`HeadSphere`).
+    radius_guess_mm:
+        The expected radius; the rim is looked for within 9 mm inside ``radius_guess_mm + 3`` and the
+        result must lie within ``max_radius_difference_mm`` of the guess.
+
+    Returns
+    -------
+    HeadSphere or None
+        None where no rise to a rim shows, or the radius is too far from the guess.
+    """
+    spacing_a = np.asarray(spacing, dtype=np.float64)
+    centre = np.asarray(centre_mm, dtype=np.float64)
+    reach = radius_guess_mm + 10.0
+    lo = np.maximum(0, np.floor((centre - reach) / spacing_a)).astype(int)
+    hi = np.minimum(image.shape, np.ceil((centre + reach) / spacing_a) + 1).astype(int)
+    if np.any(hi - lo < 4):
+        return None
+    sub = np.asarray(image[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=np.float32)
+    sub = ndi.gaussian_filter(sub, tuple(0.5 / s for s in spacing_a))
+    neck = np.asarray(neck_direction, dtype=np.float64)
+    neck = neck / np.linalg.norm(neck)
+    rim = _rim_radius(sub, spacing, centre - lo * spacing_a, neck, radius_guess_mm + 3.0)
+    if rim is None or abs(rim + rim_to_surface_mm - radius_guess_mm) > max_radius_difference_mm:
+        logger.debug("no head sized from its rim near %s mm (rim %s, expected radius %.1f mm)",
+                     np.round(centre, 1), None if rim is None else round(rim, 1), radius_guess_mm)
+        return None
+    radius = rim + rim_to_surface_mm
+    return HeadSphere(centre, radius, radius + min_joint_gap_mm, neck, np.asarray(covered, dtype=bool).copy())
 
 
 def _rim_radius(

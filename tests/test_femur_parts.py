@@ -19,7 +19,7 @@ from operators.femur_breach import (
     repair_cortical_breaches,
 )
 from operators.femur_classical import _OTHER, ClassicalSegmenterConfig, _coarse_labels, _find_head, block_mean
-from operators.femur_hip import fit_head_sphere, head_candidates, sphere_markers
+from operators.femur_hip import fit_head_sphere, head_candidates, head_from_its_rim, sphere_markers
 from operators.femur_shafts import _IN_PLANE_8, ShaftCriteria, ShaftTrack, choose_femur_tracks, find_shaft_tracks
 
 
@@ -230,6 +230,23 @@ def test_a_head_fitted_out_to_the_cups_cortex_is_brought_back_to_its_rim(seed: i
     assert np.linalg.norm(sphere.centre_mm - centre) < 2.0
     assert sphere.head_radius_mm == pytest.approx(HEAD_RADIUS, abs=1.25)
     assert sphere.head_radius_mm < sphere.cup_radius_mm <= HEAD_RADIUS + 1.5 + 1.5
+
+
+@pytest.mark.parametrize("offset_mm", [(0.0, 0.0, 0.0), (2.0, 1.0, -1.0)])
+def test_a_head_without_a_joint_gap_is_sized_from_its_rim(offset_mm) -> None:
+    # An arthritic hip on 3 mm slices: head and cup touch (no cartilage gap at all). Placed where the other
+    # hip's head, mirrored, says it is (a few mm off, and that head 3 mm larger), the head is sized from the
+    # rise to its rim; the cup, 1.5 mm beyond, keeps the pelvis' seeds out of the head.
+    image, _ = _hip(cortex_hu=1000.0, cancellous_hu=300.0, gap=0.0, outer_cortex=True)
+    thick = block_mean(image, (3, 1, 1))
+    centre = HEAD_CENTRE - np.array([1.0, 0.0, 0.0]) + np.array(offset_mm)
+    covered = np.zeros((36, 72), dtype=bool)
+    covered[:18] = True
+    sphere = head_from_its_rim(thick, (3.0, 1.0, 1.0), centre, np.array([-0.64, 0.0, -0.77]), covered, 25.0)
+    assert sphere is not None
+    assert sphere.head_radius_mm == pytest.approx(HEAD_RADIUS, abs=1.25)
+    assert sphere.cup_radius_mm == pytest.approx(sphere.head_radius_mm + 1.5)
+    assert np.array_equal(sphere.covered, covered)
 
 
 def test_a_ball_without_a_socket_is_not_a_hip():
