@@ -387,15 +387,11 @@ def fit_head_sphere(
         inner surface ``min_joint_gap_mm`` beyond it, so that the pelvis is seeded in its own cortex.
     """
     spacing_a = np.asarray(spacing, dtype=np.float64)
-    reach = radius_range_mm[1] + 14.0 + search_mm
-    lo = np.maximum(0, np.floor((centre_mm - reach) / spacing_a)).astype(int)
-    hi = np.minimum(image.shape, np.ceil((centre_mm + reach) / spacing_a) + 1).astype(int)
-    if np.any(hi - lo < 4):
+    boxed = _smoothed_box(image, spacing_a, np.asarray(centre_mm, dtype=np.float64),
+                          radius_range_mm[1] + 14.0 + search_mm)
+    if boxed is None:
         return None
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    sub = np.asarray(image[box], dtype=np.float32)
-    sub = ndi.gaussian_filter(sub, tuple(0.5 / s for s in spacing_a))
-    origin = lo * spacing_a
+    sub, origin = boxed
     radii = np.arange(4.0, radius_range_mm[1] + 12.0, 0.25)
     neck = neck_direction / np.linalg.norm(neck_direction)
     # Grid search of the joint's contrast: +-search_mm in 1.5 mm steps, then +-0.5 mm around the best.
@@ -503,22 +499,32 @@ def head_from_its_rim(
     """
     spacing_a = np.asarray(spacing, dtype=np.float64)
     centre = np.asarray(centre_mm, dtype=np.float64)
-    reach = radius_guess_mm + 10.0
-    lo = np.maximum(0, np.floor((centre - reach) / spacing_a)).astype(int)
-    hi = np.minimum(image.shape, np.ceil((centre + reach) / spacing_a) + 1).astype(int)
-    if np.any(hi - lo < 4):
+    boxed = _smoothed_box(image, spacing_a, centre, radius_guess_mm + 10.0)
+    if boxed is None:
         return None
-    sub = np.asarray(image[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=np.float32)
-    sub = ndi.gaussian_filter(sub, tuple(0.5 / s for s in spacing_a))
+    sub, origin = boxed
     neck = np.asarray(neck_direction, dtype=np.float64)
     neck = neck / np.linalg.norm(neck)
-    rim = _rim_radius(sub, spacing, centre - lo * spacing_a, neck, radius_guess_mm + 3.0)
+    rim = _rim_radius(sub, spacing, centre - origin, neck, radius_guess_mm + 3.0)
     if rim is None or abs(rim + rim_to_surface_mm - radius_guess_mm) > max_radius_difference_mm:
         logger.debug("no head sized from its rim near %s mm (rim %s, expected radius %.1f mm)",
                      np.round(centre, 1), None if rim is None else round(rim, 1), radius_guess_mm)
         return None
     radius = rim + rim_to_surface_mm
     return HeadSphere(centre, radius, radius + min_joint_gap_mm, neck, np.asarray(covered, dtype=bool).copy())
+
+
+def _smoothed_box(
+    image: np.ndarray, spacing: np.ndarray, centre_mm: np.ndarray, reach_mm: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The box of ``image`` within ``reach_mm`` of ``centre_mm`` (clipped to the image), smoothed by a 0.5 mm
+    Gaussian against noise, and the position (mm) of its first voxel; None when it is under 4 voxels wide."""
+    lo = np.maximum(0, np.floor((centre_mm - reach_mm) / spacing)).astype(int)
+    hi = np.minimum(image.shape, np.ceil((centre_mm + reach_mm) / spacing) + 1).astype(int)
+    if np.any(hi - lo < 4):
+        return None
+    sub = np.asarray(image[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=np.float32)
+    return ndi.gaussian_filter(sub, tuple(0.5 / s for s in spacing)), lo * spacing
 
 
 def _rim_radius(

@@ -170,14 +170,19 @@ def test_a_standard_study_whose_left_head_sits_close_above_its_shaft_and_whose_r
         assert _dice(split.femurs[side].full_mask(), phantom.femur_mask(side)) > 0.96, side
 
 
+def _cohort_study(seed: int, position: str = "HFS"):
+    """A standard study drawn as the lesion model's training cohort draws seed ``seed``, and its split."""
+    phantom = generate_phantom(seed, "standard", patient_position=position, **study_overrides(seed, "cohort"))
+    return phantom, split_femurs(phantom.ct)
+
+
 def test_on_thick_noisy_slices_the_ischium_beside_the_lesser_trochanter_stays_with_the_pelvis():
     # Seed 5017 as the lesion model's training cohort draws it (1.25 mm pixels, 1.85 mm slices, noise
     # 33 HU). The ischium's thin cortex did not survive the erosion of the coarse labels into seeds, the
     # femur's thick shaft cortex did: on the relief's flat floor the femur reached the ischium's cortex
     # across one bright bridge before the ischium's own seed got out of its cancellous bone, and the left
     # femur took the ischium's shell and a wedge of soft tissue (Dice 0.90, 21 % too large).
-    phantom = generate_phantom(5017, "standard", patient_position="HFS", **study_overrides(5017, "cohort"))
-    split = split_femurs(phantom.ct)
+    phantom, split = _cohort_study(5017)
     for side in ("left", "right"):
         mask, truth = split.femurs[side].full_mask(), phantom.femur_mask(side)
         assert _dice(mask, truth) > 0.965, side
@@ -190,8 +195,7 @@ def test_a_neck_opened_by_the_pelvis_is_not_rebuilt_across_the_trochanteric_foss
     # cross-sections counted as breached, and their rebuild from the slice below carried that slice's
     # separate tip of the greater trochanter across the fossa (2.1 % of the femur's volume added, against
     # 1.2 % when the neck's interior, walled by femur and pelvis, is filled before the repair).
-    phantom = generate_phantom(5014, "standard", patient_position="HFS", **study_overrides(5014, "cohort"))
-    split = split_femurs(phantom.ct)
+    phantom, split = _cohort_study(5014)
     mask, truth = split.femurs["left"].full_mask(), phantom.femur_mask("left")
     assert (mask & ~truth).sum() < 0.014 * truth.sum()
     assert _dice(mask, truth) > 0.985
@@ -202,8 +206,7 @@ def test_on_thick_slices_a_head_fitted_out_to_the_cup_is_brought_back_to_its_rim
     # gaps blur to 160 HU under the heads' rims, too shallow to pass as joints, so the acetabulum's marrow
     # was taken for them: heads of 29.0 and 30.5 mm against 25.0 mm, and the femurs took a cap of the
     # acetabulum each (Dice 0.950 and 0.944).
-    phantom = generate_phantom(5006, "standard", patient_position="HFS", **study_overrides(5006, "cohort"))
-    split = split_femurs(phantom.ct)
+    phantom, split = _cohort_study(5006)
     for side in ("left", "right"):
         assert _dice(split.femurs[side].full_mask(), phantom.femur_mask(side)) > 0.96, side
 
@@ -213,8 +216,7 @@ def test_a_hip_whose_narrow_joint_shows_no_gap_gets_its_head_from_the_other_hip(
     # 1.5 mm wide and down to 0.4 mm, and no head candidate there shows a gap. Without a head the right
     # femur took a piece of the acetabulum and ischium (Dice 0.913, 17 % too large). The left head,
     # mirrored across the midline, says where to look for the right one.
-    phantom = generate_phantom(5016, "standard", patient_position="HFS", **study_overrides(5016, "cohort"))
-    split = split_femurs(phantom.ct)
+    phantom, split = _cohort_study(5016)
     mask, truth = split.femurs["right"].full_mask(), phantom.femur_mask("right")
     assert _dice(mask, truth) > 0.95
     assert (mask & ~truth).sum() < 0.08 * truth.sum()
